@@ -1,0 +1,74 @@
+"""Alembic environment for squeal's tables.
+
+Works when squeal calls it (``squeal.migrate``, ``squeal migrate``, ``Queue.create``) and under
+the plain ``alembic`` command: set ``script_location`` to this folder and ``sqlalchemy.url``
+(or pass ``-x url=...``); pass ``-x squeal_prefix=...`` for a prefix other than ``squeal``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import context
+
+from squeal.migrate import migration_prefix, version_table
+from squeal.schema import build_tables
+
+config = context.config
+prefix = migration_prefix()
+target_metadata = build_tables(prefix).metadata
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Autogenerate looks only at this prefix's tables, never at the application's."""
+    if type_ == "table":
+        return bool(name) and str(name).startswith(f"{prefix}_")
+    return True
+
+
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+    if not url:
+        raise SystemExit("squeal migrations: set sqlalchemy.url or pass -x url=...")
+    return url
+
+
+def _configure(**kw: Any) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        version_table=version_table(prefix),
+        include_name=include_name,
+        compare_type=True,
+        render_as_batch=True,
+        **kw,
+    )
+
+
+def run_offline() -> None:
+    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = sa.create_engine(_url(), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        _configure(connection=conn)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,42 @@
+"""squeal: a message queue in the relational database you already run."""
+
+from __future__ import annotations
+
+from squeal.errors import (
+    AlreadySettled,
+    DatabaseBusy,
+    DatabaseError,
+    InvalidType,
+    LeaseLost,
+    PayloadTooLarge,
+    SchemaError,
+    SchemaMissing,
+    SchemaOutOfDate,
+    SquealError,
+    UnsupportedDatabase,
+    ValidationError,
+)
+from squeal.message import DeadMessage, Message, TopicStats
+from squeal.queue import Queue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadySettled",
+    "DatabaseBusy",
+    "DatabaseError",
+    "DeadMessage",
+    "InvalidType",
+    "LeaseLost",
+    "Message",
+    "PayloadTooLarge",
+    "Queue",
+    "SchemaError",
+    "SchemaMissing",
+    "SchemaOutOfDate",
+    "SquealError",
+    "TopicStats",
+    "UnsupportedDatabase",
+    "ValidationError",
+    "__version__",
+]

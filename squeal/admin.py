@@ -1,0 +1,77 @@
+"""Statements for looking at and repairing a queue: counts, dead letters, redrive, purge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from squeal.clock import now_ms
+from squeal.dialects.base import dead_on_expiry
+from squeal.schema import DEAD, READY, WAITING, Tables
+
+
+def _is(column: sa.ColumnElement[Any], state: int) -> sa.ColumnElement[bool]:
+    return column == sa.literal_column(str(state))
+
+
+class AdminStatements:
+    """Read and repair statements for one prefix (built once per queue)."""
+
+    def __init__(self, tables: Tables) -> None:
+        m = self.m = tables.message
+        now = now_ms()
+        due = sa.and_(_is(m.c.state, WAITING), m.c.visible_at <= now)
+        not_due = sa.and_(_is(m.c.state, WAITING), m.c.visible_at > now)
+        dies = dead_on_expiry(m)
+        # A due WAITING row is what the next claim will make of it: READY, or DEAD.
+        self.ready = sa.or_(_is(m.c.state, READY), sa.and_(due, sa.not_(dies)))
+        self.dead = sa.or_(_is(m.c.state, DEAD), sa.and_(due, dies))
+        delayed = sa.and_(not_due, m.c.lease_token.is_(None))
+        leased = sa.and_(not_due, m.c.lease_token.is_not(None))
+
+        def tally(condition: sa.ColumnElement[bool], name: str) -> sa.Label[Any]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0).label(name)
+
+        self.stats = (
+            sa.select(
+                m.c.topic,
+                tally(self.ready, "ready"),
+                tally(delayed, "delayed"),
+                tally(leased, "leased"),
+                tally(self.dead, "dead"),
+                sa.func.min(sa.case((self.ready, m.c.enqueued_at))).label("oldest"),
+                now.label("now"),
+            )
+            .group_by(m.c.topic)
+            .order_by(m.c.topic)
+        )
+        self.stats_one = self.stats.where(m.c.topic == sa.bindparam("in_topic"))
+        self.size = (
+            sa.select(sa.func.count())
+            .select_from(m)
+            .where(m.c.topic == sa.bindparam("in_topic"), self.ready)
+        )
+        self.dead_list = (
+            sa.select(
+                m.c.id, m.c.topic, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at
+            )
+            .where(m.c.topic == sa.bindparam("in_topic"), self.dead)
+            .order_by(m.c.id)
+            .limit(sa.bindparam("limit"))
+        )
+        self.dead_ids = (
+            sa.select(m.c.id)
+            .where(m.c.topic == sa.bindparam("in_topic"), self.dead)
+            .order_by(m.c.id)
+            .limit(sa.bindparam("limit"))
+        )
+        self.redrive = (
+            sa.update(m)
+            .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(
+                state=READY, attempts=0, lease_token=None, visible_at=now
+            )
+        )
+        self.purge_all = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"))
+        self.purge_dead = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"), self.dead)

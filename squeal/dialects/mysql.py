@@ -1,0 +1,120 @@
+"""MySQL 8 and MariaDB 10.6+: lock with SKIP LOCKED, then update by id (no UPDATE ... RETURNING)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.dml import Insert
+
+from squeal.clock import now_ms
+from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted_state
+
+
+@compiles(now_ms, "mysql")
+@compiles(now_ms, "mariadb")
+def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
+    # Arithmetic on UTC_TIMESTAMP avoids UNIX_TIMESTAMP's session time zone (and its DST jumps).
+    return "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
+
+
+#: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
+_RETRYABLE_ERRORS = frozenset({1205, 1213})
+
+
+class MySQLStrategy(Strategy):
+    """Claims in one READ COMMITTED transaction: SELECT ... SKIP LOCKED, then UPDATE by id.
+
+    READ COMMITTED matters: under REPEATABLE READ the locking SELECT also takes gap locks,
+    which block producers inserting into the same index range until the claim commits.
+    """
+
+    label: ClassVar[str] = "MySQL"
+    min_version: ClassVar[tuple[int, ...]] = (8, 0, 1)
+
+    def __init__(self, dialect: sa.Dialect, tables: Any) -> None:
+        super().__init__(dialect, tables)
+
+    @property
+    def _is_mariadb(self) -> bool:
+        return bool(getattr(self.dialect, "is_mariadb", False))
+
+    def check_server(self, connection: sa.Connection) -> None:
+        if self._is_mariadb:
+            self.label, self.min_version = "MariaDB", (10, 6)
+        super().check_server(connection)
+
+    def insert_ignoring_conflicts(self, values: dict[str, Any]) -> Insert:
+        # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
+        return mysql.insert(self.m).values(values).prefix_with("IGNORE")
+
+    def begin_claim(self, connection: sa.Connection) -> None:
+        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    def is_retryable(self, error: sa.exc.DBAPIError) -> bool:
+        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+        return super().is_retryable(error) or code in _RETRYABLE_ERRORS
+
+    def claim(
+        self,
+        connection: sa.Connection,
+        *,
+        topic: str,
+        limit: int,
+        vt_ms: int,
+        token: int,
+        max_attempts: int,
+    ) -> list[ClaimedRow]:
+        params = {"in_topic": topic, "limit": limit, "max_attempts": max_attempts}
+        locked = connection.execute(self._candidates, params).all()
+        live = [row for row in locked if not row.dies]
+        live.sort(key=lambda r: (r.neg_priority, r.id))
+        picked = live[:limit]
+        picked_ids = {row.id for row in picked}
+        if picked:
+            connection.execute(
+                self._lease, {"ids": list(picked_ids), "vt_ms": vt_ms, "token": token}
+            )
+        promote = [row.id for row in locked if row.due and row.id not in picked_ids]
+        if promote:
+            connection.execute(self._promote_ids, {"ids": promote, "max_attempts": max_attempts})
+        return [
+            ClaimedRow(r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at)
+            for r in picked
+        ]
+
+    @cached_property
+    def _candidates(self) -> sa.CompoundSelect:
+        """Ready rows in claim order plus due waiting rows, all locked, in one round trip."""
+        m = self.m
+        columns = (m.c.id, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at)
+        ready = self.ready_ids.with_only_columns(
+            *columns, sa.literal(False).label("due"), sa.literal(False).label("dies")
+        )
+        due = self.due_ids.with_only_columns(
+            *columns, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
+        )
+        return sa.union_all(
+            ready.with_for_update(skip_locked=True), due.with_for_update(skip_locked=True)
+        )
+
+    @cached_property
+    def _lease(self) -> sa.Update:
+        m = self.m
+        return (
+            sa.update(m)
+            .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(self.take_lease)
+        )
+
+    @cached_property
+    def _promote_ids(self) -> sa.Update:
+        m = self.m
+        return (
+            sa.update(m)
+            .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(state=promoted_state(m))
+        )

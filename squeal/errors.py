@@ -1,0 +1,82 @@
+"""Every exception squeal raises: one root, one docstring each (the docstring is the default message)."""
+
+from __future__ import annotations
+
+
+class SquealError(Exception):
+    """A squeal operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ValidationError(SquealError, ValueError):
+    """An argument was rejected before any SQL ran."""
+
+
+class InvalidType(SquealError, TypeError):
+    """An argument has the wrong type; nothing was sent to the database."""
+
+
+class PayloadTooLarge(ValidationError):
+    """The payload is larger than the queue's max_payload_size."""
+
+
+class LeaseLost(SquealError):
+    """The message's lease was taken over by another consumer, or the message is gone."""
+
+    def __init__(self, message: str | None = None, *, message_id: int | None = None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class AlreadySettled(SquealError, RuntimeError):
+    """This message was already acked, nacked or released by this consumer."""
+
+
+class SchemaError(SquealError):
+    """squeal's tables are not at the revision this version of squeal needs."""
+
+    def __init__(self, message: str | None = None, *, command: str = "") -> None:
+        super().__init__(message)
+        self.command = command
+
+
+class SchemaMissing(SchemaError):
+    """squeal's tables do not exist in this database."""
+
+
+class SchemaOutOfDate(SchemaError):
+    """squeal's tables are at another revision than this version of squeal needs."""
+
+
+class UnsupportedDatabase(SquealError):
+    """This database or server version cannot run squeal."""
+
+
+class DatabaseError(SquealError):
+    """The database reported an error (bound parameters are never included in the text)."""
+
+    def __init__(self, message: str | None = None, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DatabaseBusy(DatabaseError):
+    """The database stayed locked or deadlocked after squeal retried; try again later."""
+
+
+__all__ = [
+    "AlreadySettled",
+    "DatabaseBusy",
+    "DatabaseError",
+    "InvalidType",
+    "LeaseLost",
+    "PayloadTooLarge",
+    "SchemaError",
+    "SchemaMissing",
+    "SchemaOutOfDate",
+    "SquealError",
+    "UnsupportedDatabase",
+    "ValidationError",
+]

@@ -1,0 +1,168 @@
+"""Message: one leased message and the handle to settle it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from squeal.errors import AlreadySettled
+
+if TYPE_CHECKING:
+    from squeal.queue import Queue
+
+
+def from_ms(ms: int) -> datetime:
+    """Database milliseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class Message:
+    """A message leased to this consumer until its visibility timeout runs out.
+
+    Settle it once with :meth:`ack`, :meth:`nack` or :meth:`release`; :meth:`touch` extends the
+    lease. Used as a context manager, leaving the block without settling it nacks it.
+    """
+
+    __slots__ = (
+        "_queue",
+        "_settled",
+        "attempts",
+        "enqueued_at",
+        "id",
+        "lease_token",
+        "payload",
+        "priority",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        id: int,  # noqa: A002 - the public attribute is called id
+        topic: str,
+        payload: bytes,
+        priority: int,
+        attempts: int,
+        enqueued_at: datetime,
+        lease_token: int,
+    ) -> None:
+        self._queue = queue
+        self._settled = False
+        self.id = id
+        self.topic = topic
+        self.payload = payload
+        self.priority = priority
+        self.attempts = attempts
+        self.enqueued_at = enqueued_at
+        self.lease_token = lease_token
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message id={self.id} topic={self.topic!r} priority={self.priority} "
+            f"attempts={self.attempts} bytes={len(self.payload)}>"
+        )
+
+    @property
+    def settled(self) -> bool:
+        """True once this consumer acked, nacked or released the message."""
+        return self._settled
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise AlreadySettled(f"message {self.id} was already acked, nacked or released")
+
+    def ack(self, *, connection: sa.Connection | None = None) -> None:
+        """Mark the message done: it is deleted.
+
+        Args:
+            connection: a Connection inside the caller's transaction; the ack then commits or
+                rolls back with the caller's own writes (exactly-once effects).
+
+        Raises:
+            LeaseLost: another consumer re-claimed the message, or it is gone; nothing changed.
+            AlreadySettled: this handle was already settled.
+        """
+        self._settle()
+        self._queue._ack([self], connection)
+        self._settled = True
+
+    def nack(self, *, delay: float | None = None) -> None:
+        """Mark the attempt failed: redelivered after backoff, or dead after ``max_attempts``.
+
+        Args:
+            delay: seconds before redelivery instead of the queue's exponential backoff.
+
+        Raises:
+            LeaseLost: the lease was taken over or the message is gone; nothing changed.
+            AlreadySettled: this handle was already settled.
+        """
+        self._settle()
+        self._queue._nack([self], delay)
+        self._settled = True
+
+    def release(self) -> None:
+        """Give the message back unprocessed: ready now, and this attempt is not counted.
+
+        Raises:
+            LeaseLost: the lease was taken over or the message is gone; nothing changed.
+            AlreadySettled: this handle was already settled.
+        """
+        self._settle()
+        self._queue._release([self])
+        self._settled = True
+
+    def touch(self, visibility_timeout: float | None = None) -> None:
+        """Extend the lease to ``visibility_timeout`` seconds from now (default: the queue's).
+
+        Raises:
+            LeaseLost: the lease was taken over or the message is gone.
+            AlreadySettled: this handle was already settled.
+        """
+        self._settle()
+        self._queue._touch([self], visibility_timeout)
+
+    def __enter__(self) -> Message:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._settled:
+            self.nack()
+
+
+@dataclass(frozen=True)
+class DeadMessage:
+    """A message that used up its attempts: it is never delivered again unless redriven."""
+
+    id: int
+    topic: str
+    payload: bytes
+    priority: int
+    attempts: int
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    """Counts for one topic at one moment of the database clock."""
+
+    ready: int
+    delayed: int
+    leased: int
+    dead: int
+    oldest_ready_age: float | None
+    """Seconds since the oldest ready message was enqueued; None when nothing is ready."""
+
+    @property
+    def total(self) -> int:
+        """Every message in the topic, whatever its state."""
+        return self.ready + self.delayed + self.leased + self.dead

@@ -1,0 +1,113 @@
+"""Run squeal's Alembic migrations: from Python, from ``squeal migrate``, or from your own alembic."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from squeal.dialects import strategy_for
+from squeal.schema import build_tables, validate_prefix
+
+#: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.
+BRANCH_LABEL = "squeal"
+#: Where the migrations are inside an installed wheel, and in a source checkout.
+_PACKAGED = Path(__file__).resolve().parent / "_migrations"
+_SOURCE = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def script_location() -> Path:
+    """The folder holding squeal's ``env.py`` and ``versions/``."""
+    for path in (_PACKAGED, _SOURCE):
+        if (path / "env.py").is_file():
+            return path
+    raise FileNotFoundError("squeal's migrations are missing from this installation")
+
+
+def version_locations() -> str:
+    """The ``versions`` folder, for an application's ``version_locations`` setting."""
+    return str(script_location() / "versions")
+
+
+def version_table(prefix: str) -> str:
+    """The table where squeal records its revision for ``prefix``."""
+    return f"{validate_prefix(prefix)}_alembic_version"
+
+
+def config(prefix: str = "squeal", *, connection: sa.Connection | None = None,
+           url: str | None = None, output: io.TextIOBase | None = None) -> Config:
+    """An Alembic Config for squeal's migrations (isolated: its own version table)."""
+    cfg = Config(output_buffer=output) if output is not None else Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.attributes["squeal.prefix"] = validate_prefix(prefix)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head() -> str:
+    """The newest revision the migrations know."""
+    heads = ScriptDirectory.from_config(config()).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"squeal's migrations have {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head") -> None:
+    """Create or upgrade squeal's tables for ``prefix`` to ``revision``."""
+    with engine.begin() as conn:
+        command.upgrade(config(prefix, connection=conn), revision)
+    with engine.connect() as conn:
+        strategy_for(engine, build_tables(prefix)).after_migrate(conn)
+        conn.commit()
+
+
+def downgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "base",
+              drop_version_table: bool = False) -> None:
+    """Downgrade squeal's tables to ``revision``; ``base`` removes them all."""
+    with engine.begin() as conn:
+        command.downgrade(config(prefix, connection=conn), revision)
+        if drop_version_table and revision == "base":
+            sa.Table(version_table(prefix), sa.MetaData()).drop(conn, checkfirst=True)
+
+
+def current(engine: sa.Engine, *, prefix: str = "squeal") -> str | None:
+    """The revision squeal's tables are at, or None when they do not exist."""
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": version_table(prefix)})
+        return ctx.get_current_revision()
+
+
+def sql(engine_or_url: sa.Engine | str, *, prefix: str = "squeal", revision: str = "head") -> str:
+    """The DDL of an upgrade to ``revision``, as SQL text for a DBA (nothing is executed)."""
+    url = engine_or_url if isinstance(engine_or_url, str) else engine_or_url.url.render_as_string(
+        hide_password=False
+    )
+    out = io.StringIO()
+    command.upgrade(config(prefix, url=url, output=out), revision, sql=True)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def migration_prefix() -> str:
+    """The prefix a running migration works on (called from the revision scripts).
+
+    squeal's own env.py passes it in ``config.attributes``; an application's alembic can set
+    ``squeal_prefix`` in its ini section or pass ``-x squeal_prefix=...``; default ``squeal``.
+    """
+    from alembic import context
+
+    cfg = context.config
+    prefix = (
+        cfg.attributes.get("squeal.prefix")
+        or context.get_x_argument(as_dictionary=True).get("squeal_prefix")
+        or cfg.get_main_option("squeal_prefix")
+        or "squeal"
+    )
+    return validate_prefix(prefix)

@@ -1,0 +1,501 @@
+"""Queue: the user-facing operations, reading like the semantics in DESIGN.md section 4."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from squeal import validation as check
+from squeal.admin import AdminStatements
+from squeal.dialects import strategy_for
+from squeal.errors import LeaseLost
+from squeal.message import DeadMessage, Message, TopicStats, from_ms
+from squeal.schema import READY, WAITING, build_tables
+from squeal.session import Session
+
+#: Stands for "no limit" in SQL that compares attempts (max_attempts=None).
+_UNLIMITED_ATTEMPTS = 2**31 - 1
+#: Rows per INSERT statement, and payload bytes per statement (MySQL's max_allowed_packet).
+_BATCH_ROWS = 1000
+_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class Queue:
+    """A message queue stored in the tables of ``prefix`` in ``engine``'s database.
+
+    Args:
+        engine: the application's SQLAlchemy Engine (PostgreSQL, MySQL/MariaDB or SQLite).
+        prefix: table-name prefix; lowercase letters, digits and ``_``.
+        visibility_timeout: seconds a claimed message stays leased before it is redelivered.
+        new_message_delay: default seconds before a new message becomes visible.
+        failure_base_delay: backoff after the first failed attempt; doubles per attempt.
+        max_failure_delay: upper bound of the backoff.
+        max_attempts: deliveries before a failing message becomes dead; None means unlimited.
+        max_payload_size: largest payload in bytes (default 1 MiB, at most 512 MiB).
+
+    Raises:
+        ValueError / TypeError (squeal.ValidationError / squeal.InvalidType): a bad option.
+        UnsupportedDatabase: the engine's dialect is not supported.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        prefix: str = "squeal",
+        visibility_timeout: float = 60.0,
+        new_message_delay: float = 0.0,
+        failure_base_delay: float = 1.0,
+        max_failure_delay: float = 3600.0,
+        max_attempts: int | None = None,
+        max_payload_size: int = 1_048_576,
+    ) -> None:
+        if not isinstance(engine, sa.Engine):
+            raise check.InvalidType(
+                f"engine must be a sqlalchemy Engine, not {type(engine).__name__}"
+            )
+        self._tables = build_tables(prefix)
+        self.visibility_timeout = check.seconds(
+            visibility_timeout, "visibility_timeout", positive=True
+        )
+        self.new_message_delay = check.seconds(new_message_delay, "new_message_delay")
+        self.failure_base_delay = check.seconds(failure_base_delay, "failure_base_delay")
+        self.max_failure_delay = check.seconds(max_failure_delay, "max_failure_delay")
+        self.max_attempts = (
+            None if max_attempts is None else check.count(max_attempts, "max_attempts")
+        )
+        self.max_payload_size = check.count(
+            max_payload_size, "max_payload_size", maximum=check.MAX_PAYLOAD_LIMIT
+        )
+        self._strategy = strategy_for(engine, self._tables)
+        self._admin = AdminStatements(self._tables)
+        self._session = Session(engine, self._strategy, self._tables)
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine this queue stores its messages through."""
+        return self._session.engine
+
+    @property
+    def prefix(self) -> str:
+        """The table-name prefix."""
+        return self._tables.prefix
+
+    @property
+    def _max_attempts(self) -> int:
+        return _UNLIMITED_ATTEMPTS if self.max_attempts is None else self.max_attempts
+
+    def __repr__(self) -> str:
+        return f"<Queue prefix={self.prefix!r} {self.engine.url.render_as_string()}>"
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Create or upgrade squeal's tables, running the same migrations as ``alembic upgrade``."""
+        from squeal import migrate
+
+        migrate.upgrade(self.engine, prefix=self.prefix)
+        self._session.forget_schema()
+
+    def destroy(self) -> None:
+        """Drop every table squeal created for this prefix, messages included."""
+        from squeal import migrate
+
+        migrate.downgrade(self.engine, prefix=self.prefix, revision="base", drop_version_table=True)
+        self._session.forget_schema()
+
+    # -- producing ------------------------------------------------------------------------------
+
+    def put(
+        self,
+        payload: bytes,
+        topic: str = "default",
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        dedup_key: str | None = None,
+        connection: sa.Connection | None = None,
+    ) -> int | None:
+        """Enqueue one message.
+
+        Args:
+            payload: bytes-like, at most ``max_payload_size`` bytes.
+            topic: 1-255 characters, compared exactly.
+            priority: signed 32-bit int; higher is delivered first.
+            delay: seconds before it becomes visible (default ``new_message_delay``).
+            dedup_key: when a live message of this topic has the same key, nothing is enqueued.
+            connection: a Connection inside the caller's transaction: the message exists only
+                if the caller commits.
+
+        Returns:
+            The new message's id, or None when ``dedup_key`` deduplicated it.
+
+        Raises:
+            ValueError / TypeError: invalid input; nothing was sent to the database.
+        """
+        row = self._row(payload, topic, priority, delay, dedup_key)
+        conn = check.connection(connection)
+        return self._session.write(lambda c: self._strategy.insert(c, [row]), conn)[0]
+
+    def put_many(
+        self,
+        payloads: Sequence[bytes],
+        topic: str = "default",
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        dedup_keys: Sequence[str | None] | None = None,
+        connection: sa.Connection | None = None,
+    ) -> list[int | None]:
+        """Enqueue several messages of one topic, all or nothing.
+
+        Returns:
+            One id per payload, in order; None where a dedup key deduplicated it (against a
+            live message, or an earlier payload of the same batch).
+
+        Raises:
+            ValueError / TypeError: invalid input anywhere in the batch; nothing was written.
+        """
+        items = check.sequence(payloads, "payloads")
+        keys = [None] * len(items) if dedup_keys is None else check.sequence(dedup_keys, "dedup_keys")
+        if len(keys) != len(items):
+            raise check.ValidationError(
+                f"dedup_keys has {len(keys)} entries for {len(items)} payloads"
+            )
+        rows = [self._row(p, topic, priority, delay, k) for p, k in zip(items, keys)]
+        conn = check.connection(connection)
+        if not rows:
+            return []
+        seen: set[str] = set()
+        unique: list[dict[str, Any]] = []
+        for row in rows:
+            key = row["dedup_key"]
+            if key is None or key not in seen:
+                unique.append(row)
+            if key is not None:
+                seen.add(key)
+
+        def insert(c: sa.Connection) -> list[int | None]:
+            ids: list[int | None] = []
+            for chunk in _chunks(unique):
+                ids.extend(self._strategy.insert(c, chunk))
+            return ids
+
+        inserted = iter(self._session.write(insert, conn))
+        first_of_key: set[str] = set()
+        result: list[int | None] = []
+        for row in rows:
+            key = row["dedup_key"]
+            if key is not None and key in first_of_key:
+                result.append(None)
+                continue
+            if key is not None:
+                first_of_key.add(key)
+            result.append(next(inserted))
+        return result
+
+    def _row(
+        self, payload: object, topic: object, priority: object, delay: object, dedup_key: object
+    ) -> dict[str, Any]:
+        delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
+        delay_ms = check.to_ms(delay_s)
+        return {
+            "topic": check.text(topic, "topic"),
+            "neg_priority": -check.priority(priority),
+            "state": WAITING if delay_ms > 0 else READY,
+            "delay_ms": delay_ms,
+            "dedup_key": check.optional_text(dedup_key, "dedup_key"),
+            "payload": check.payload(payload, self.max_payload_size),
+        }
+
+    # -- consuming ------------------------------------------------------------------------------
+
+    def get(
+        self,
+        topic: str = "default",
+        *,
+        visibility_timeout: float | None = None,
+        wait: float = 0.0,
+    ) -> Message | None:
+        """Lease the next message of ``topic``: highest priority first, then oldest.
+
+        Args:
+            visibility_timeout: seconds of lease for this message (default: the queue's).
+            wait: seconds to wait for a message when none is ready (0: return at once).
+
+        Returns:
+            The message, or None when nothing was ready within ``wait``.
+        """
+        found = self.get_many(topic, 1, visibility_timeout=visibility_timeout, wait=wait)
+        return found[0] if found else None
+
+    def get_many(
+        self,
+        topic: str = "default",
+        limit: int = 10,
+        *,
+        visibility_timeout: float | None = None,
+        wait: float = 0.0,
+    ) -> list[Message]:
+        """Lease up to ``limit`` messages of ``topic`` in priority, then id, order.
+
+        Returns:
+            Between 0 and ``limit`` messages (0 only after ``wait`` passed with nothing ready).
+        """
+        topic = check.text(topic, "topic")
+        limit = check.count(limit, "limit", maximum=10_000)
+        vt = self.visibility_timeout if visibility_timeout is None else check.seconds(
+            visibility_timeout, "visibility_timeout", positive=True
+        )
+        wait = check.seconds(wait, "wait")
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            messages = self._claim(topic, limit, check.to_ms(vt))
+            remaining = deadline - time.monotonic()
+            if messages or remaining <= 0:
+                return messages
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.5)
+
+    def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:
+        token = secrets.randbits(63)
+        rows = self._session.claim(
+            lambda c: self._strategy.claim(
+                c,
+                topic=topic,
+                limit=limit,
+                vt_ms=vt_ms,
+                token=token,
+                max_attempts=self._max_attempts,
+            )
+        )
+        return [
+            Message(
+                self,
+                id=row.id,
+                topic=topic,
+                payload=bytes(row.payload),
+                priority=-row.neg_priority,
+                attempts=row.attempts,
+                enqueued_at=from_ms(row.enqueued_at),
+                lease_token=token,
+            )
+            for row in rows
+        ]
+
+    # -- settling -------------------------------------------------------------------------------
+
+    def ack_many(
+        self, messages: Sequence[Message], *, connection: sa.Connection | None = None
+    ) -> None:
+        """Ack several messages in one transaction (see :meth:`Message.ack`).
+
+        Raises:
+            LeaseLost: some leases were lost; the others are acked (``message_id`` names the
+                first lost one). With ``connection=``, roll back to undo them all.
+        """
+        batch = _unsettled(messages)
+        self._ack(batch, check.connection(connection))
+        for msg in batch:
+            msg._settled = True
+
+    def nack_many(self, messages: Sequence[Message], *, delay: float | None = None) -> None:
+        """Nack several messages (see :meth:`Message.nack`)."""
+        batch = _unsettled(messages)
+        self._nack(batch, delay)
+        for msg in batch:
+            msg._settled = True
+
+    def touch_many(
+        self, messages: Sequence[Message], *, visibility_timeout: float | None = None
+    ) -> None:
+        """Extend several leases (see :meth:`Message.touch`)."""
+        self._touch(_unsettled(messages), visibility_timeout)
+
+    def _ack(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
+        if not messages:
+            return
+        s = self._strategy
+
+        def ack(c: sa.Connection) -> None:
+            if len(messages) == 1:
+                msg = messages[0]
+                done = c.execute(s.ack, {"msg_id": msg.id, "token": msg.lease_token}).rowcount
+                _expect(done, messages)
+                return
+            by_token: dict[int, list[int]] = {}
+            for msg in messages:
+                by_token.setdefault(msg.lease_token, []).append(msg.id)
+            done = sum(
+                c.execute(s.ack_batch, {"token": token, "ids": ids}).rowcount
+                for token, ids in by_token.items()
+            )
+            if done != len(messages):
+                raise LeaseLost(
+                    f"lost the lease of {len(messages) - done} of {len(messages)} messages",
+                    message_id=messages[0].id,
+                )
+
+        self._session.write(ack, connection, commit_on=LeaseLost)
+
+    def _nack(self, messages: Sequence[Message], delay: float | None) -> None:
+        fixed = None if delay is None else check.seconds(delay, "delay")
+        params = [
+            {
+                "msg_id": m.id,
+                "token": m.lease_token,
+                "max_attempts": self._max_attempts,
+                "delay_ms": check.to_ms(self._backoff(m.attempts) if fixed is None else fixed),
+            }
+            for m in messages
+        ]
+        self._update_each(self._strategy.nack, params, messages)
+
+    def _release(self, messages: Sequence[Message]) -> None:
+        params = [{"msg_id": m.id, "token": m.lease_token} for m in messages]
+        self._update_each(self._strategy.release, params, messages)
+
+    def _touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
+        vt = self.visibility_timeout if visibility_timeout is None else check.seconds(
+            visibility_timeout, "visibility_timeout", positive=True
+        )
+        params = [{"msg_id": m.id, "token": m.lease_token, "vt_ms": check.to_ms(vt)} for m in messages]
+        self._update_each(self._strategy.touch, params, messages)
+
+    def _update_each(
+        self, stmt: sa.Update, params: list[dict[str, Any]], messages: Sequence[Message]
+    ) -> None:
+        """Run a lease-fenced UPDATE per message in one transaction; raise LeaseLost if any missed."""
+        if not messages:
+            return
+
+        def run(c: sa.Connection) -> None:
+            lost = [m for m, p in zip(messages, params) if c.execute(stmt, p).rowcount != 1]
+            if lost:
+                raise LeaseLost(
+                    f"lost the lease of {len(lost)} of {len(messages)} message(s), "
+                    f"first id {lost[0].id}",
+                    message_id=lost[0].id,
+                )
+
+        self._session.write(run, None, commit_on=LeaseLost)
+
+    def _backoff(self, attempts: int) -> float:
+        """``failure_base_delay * 2**(attempts-1)``, capped, with up to 25% jitter below it."""
+        exponent = min(max(attempts - 1, 0), 62)
+        delay = min(self.max_failure_delay, self.failure_base_delay * 2.0**exponent)
+        return delay * (1.0 - 0.25 * random.random())
+
+    # -- looking and repairing ------------------------------------------------------------------
+
+    def size(self, topic: str = "default") -> int:
+        """Messages of ``topic`` ready to be delivered now (not delayed, leased or dead)."""
+        params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
+        return int(self._session.read(lambda c: c.execute(self._admin.size, params).scalar_one()))
+
+    def topics(self) -> dict[str, int]:
+        """Ready messages per topic, for every topic that has some."""
+        return {name: s.ready for name, s in self.stats().items() if s.ready}
+
+    def stats(self) -> dict[str, TopicStats]:
+        """Per topic: ready, delayed, leased and dead counts and the oldest ready message's age."""
+        params = {"max_attempts": self._max_attempts}
+        rows = self._session.read(lambda c: c.execute(self._admin.stats, params).all())
+        return {
+            row.topic: TopicStats(
+                ready=int(row.ready),
+                delayed=int(row.delayed),
+                leased=int(row.leased),
+                dead=int(row.dead),
+                oldest_ready_age=None if row.oldest is None else (row.now - row.oldest) / 1000,
+            )
+            for row in rows
+        }
+
+    def dead(self, topic: str = "default", limit: int = 100) -> list[DeadMessage]:
+        """Dead messages of ``topic``, oldest first."""
+        params = {
+            "in_topic": check.text(topic, "topic"),
+            "limit": check.count(limit, "limit"),
+            "max_attempts": self._max_attempts,
+        }
+        rows = self._session.read(lambda c: c.execute(self._admin.dead_list, params).all())
+        return [
+            DeadMessage(
+                id=r.id,
+                topic=r.topic,
+                payload=bytes(r.payload),
+                priority=-r.neg_priority,
+                attempts=r.attempts,
+                enqueued_at=from_ms(r.enqueued_at),
+            )
+            for r in rows
+        ]
+
+    def redrive(self, topic: str = "default", limit: int | None = None) -> int:
+        """Make dead messages of ``topic`` ready again with their attempts reset; return how many."""
+        topic = check.text(topic, "topic")
+        wanted = None if limit is None else check.count(limit, "limit")
+        total = 0
+        while wanted is None or total < wanted:
+            step = 1000 if wanted is None else min(1000, wanted - total)
+            params = {"in_topic": topic, "limit": step, "max_attempts": self._max_attempts}
+
+            def redrive(c: sa.Connection, params: dict[str, Any] = params) -> int:
+                ids = list(c.execute(self._admin.dead_ids, params).scalars())
+                if ids:
+                    c.execute(self._admin.redrive, {"ids": ids})
+                return len(ids)
+
+            moved = self._session.write(redrive, None)
+            total += moved
+            if moved < step:
+                break
+        return total
+
+    def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
+        """Delete every message of ``topic`` (or only its dead ones); return how many."""
+        params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
+        stmt = self._admin.purge_dead if dead_only else self._admin.purge_all
+        return int(self._session.write(lambda c: c.execute(stmt, params).rowcount, None))
+
+
+def _expect(done: int, messages: Sequence[Message]) -> None:
+    if done != len(messages):
+        raise LeaseLost(
+            f"message {messages[0].id}: lease lost (re-claimed by another consumer, or gone)",
+            message_id=messages[0].id,
+        )
+
+
+def _unsettled(messages: Sequence[Message]) -> list[Message]:
+    batch = list(messages)
+    for msg in batch:
+        if not isinstance(msg, Message):
+            raise check.InvalidType(f"expected Message objects, not {type(msg).__name__}")
+        msg._settle()
+    return batch
+
+
+def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split rows into INSERT statements of bounded row count and payload bytes."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row in rows:
+        if chunks[-1] and (len(chunks[-1]) >= _BATCH_ROWS or size + len(row["payload"]) > _BATCH_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += len(row["payload"])
+    return chunks
+
+
+__all__ = ["Queue"]

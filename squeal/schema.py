@@ -1,0 +1,125 @@
+"""squeal's tables, declared once with SQLAlchemy Core; the migrations must produce exactly these."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from squeal.errors import ValidationError
+
+#: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
+SCHEMA_REVISION = "0001"
+
+#: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
+_LONGEST_SUFFIX = len("_alembic_version_pkc")
+#: PostgreSQL truncates identifiers longer than 63 bytes; MySQL refuses more than 64.
+_MAX_IDENTIFIER = 63
+MAX_PREFIX_LENGTH = _MAX_IDENTIFIER - _LONGEST_SUFFIX
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+#: Message states stored in ``state``. WAITING covers delayed, leased and backing-off messages;
+#: the claim promotes a WAITING row whose ``visible_at`` has passed.
+READY, WAITING, DEAD = 0, 1, 2
+
+MAX_TEXT_LENGTH = 255
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it is a safe, untruncated identifier stem, else raise."""
+    if not isinstance(prefix, str):
+        raise ValidationError(f"prefix must be a str, not {type(prefix).__name__}")
+    if not _PREFIX_RE.match(prefix) or len(prefix) > MAX_PREFIX_LENGTH:
+        raise ValidationError(
+            f"prefix {prefix!r} must be 1-{MAX_PREFIX_LENGTH} characters of a-z, 0-9 and _, "
+            "starting with a letter"
+        )
+    return prefix
+
+
+class ExactText(sa.types.TypeDecorator[str]):
+    """A string of up to 255 characters that compares byte for byte on every database.
+
+    MySQL/MariaDB collations fold case and ignore trailing spaces, so there it is stored as
+    VARBINARY (4 bytes per character), which compares exactly.
+    """
+
+    impl = sa.String(MAX_TEXT_LENGTH)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return exact_text_type()
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if isinstance(value, str) and self._stored_as_bytes:
+            return value.encode("utf-8")
+        return value
+
+    @property
+    def _stored_as_bytes(self) -> bool:
+        try:
+            return self.impl_instance.python_type is bytes
+        except NotImplementedError:
+            return False
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> str | None:
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value).decode("utf-8")
+        return value  # type: ignore[no-any-return]
+
+
+def exact_text_type() -> sa.types.TypeEngine[Any]:
+    """The storage type behind :class:`ExactText` (the migrations use it directly)."""
+    return sa.String(MAX_TEXT_LENGTH).with_variant(
+        mysql.VARBINARY(4 * MAX_TEXT_LENGTH), "mysql", "mariadb"
+    )
+
+
+def id_type() -> sa.types.TypeEngine[int]:
+    """64-bit ids; SQLite's rowid alias must be spelled INTEGER."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def payload_type() -> sa.types.TypeEngine[bytes]:
+    """Bytes up to at least 16 MiB everywhere (MySQL's BLOB stops at 64 KiB)."""
+    return sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables of one prefix."""
+
+    prefix: str
+    metadata: sa.MetaData
+    message: sa.Table
+
+
+def build_tables(prefix: str) -> Tables:
+    """Declare squeal's tables for ``prefix`` on a fresh MetaData."""
+    prefix = validate_prefix(prefix)
+    metadata = sa.MetaData()
+    message = sa.Table(
+        f"{prefix}_message",
+        metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("topic", ExactText(), nullable=False),
+        # Stored negated so that "priority DESC, id ASC" is one ascending index walk on every
+        # database (MariaDB before 10.8 ignores DESC in index definitions).
+        sa.Column("neg_priority", sa.BigInteger(), nullable=False),
+        sa.Column("state", sa.SmallInteger(), nullable=False),
+        sa.Column("visible_at", sa.BigInteger(), nullable=False),
+        sa.Column("enqueued_at", sa.BigInteger(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("lease_token", sa.BigInteger(), nullable=True),
+        sa.Column("dedup_key", ExactText(), nullable=True),
+        sa.Column("payload", payload_type(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=f"{prefix}_message_pk"),
+        sa.Index(f"{prefix}_message_claim_ix", "topic", "state", "neg_priority", "id"),
+        sa.Index(f"{prefix}_message_due_ix", "topic", "state", "visible_at"),
+        sa.UniqueConstraint("topic", "dedup_key", name=f"{prefix}_message_dedup_uq"),
+        sqlite_autoincrement=True,
+    )
+    return Tables(prefix=prefix, metadata=metadata, message=message)
