@@ -8,11 +8,7 @@ import sqlalchemy as sa
 
 from squeal.clock import now_ms
 from squeal.dialects.base import dead_on_expiry
-from squeal.schema import DEAD, READY, WAITING, Tables
-
-
-def _is(column: sa.ColumnElement[Any], state: int) -> sa.ColumnElement[bool]:
-    return column == sa.literal_column(str(state))
+from squeal.schema import DEAD, READY, WAITING, Tables, in_state
 
 
 class AdminStatements:
@@ -21,12 +17,12 @@ class AdminStatements:
     def __init__(self, tables: Tables) -> None:
         m = self.m = tables.message
         now = now_ms()
-        due = sa.and_(_is(m.c.state, WAITING), m.c.visible_at <= now)
-        not_due = sa.and_(_is(m.c.state, WAITING), m.c.visible_at > now)
+        due = sa.and_(in_state(m.c.state, WAITING), m.c.visible_at <= now)
+        not_due = sa.and_(in_state(m.c.state, WAITING), m.c.visible_at > now)
         dies = dead_on_expiry(m)
         # A due WAITING row is what the next claim will make of it: READY, or DEAD.
-        self.ready = sa.or_(_is(m.c.state, READY), sa.and_(due, sa.not_(dies)))
-        self.dead = sa.or_(_is(m.c.state, DEAD), sa.and_(due, dies))
+        self.ready = sa.or_(in_state(m.c.state, READY), sa.and_(due, sa.not_(dies)))
+        self.dead = sa.or_(in_state(m.c.state, DEAD), sa.and_(due, dies))
         delayed = sa.and_(not_due, m.c.lease_token.is_(None))
         leased = sa.and_(not_due, m.c.lease_token.is_not(None))
 
@@ -69,9 +65,7 @@ class AdminStatements:
         self.redrive = (
             sa.update(m)
             .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
-            .values(
-                state=READY, attempts=0, lease_token=None, visible_at=now
-            )
+            .values(state=READY, attempts=0, lease_token=None, visible_at=None)
         )
         self.purge_all = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"))
         self.purge_dead = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"), self.dead)

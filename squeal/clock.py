@@ -13,7 +13,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 
-class now_ms(FunctionElement[int]):  # noqa: N801 - reads like a SQL function
+class now_ms(FunctionElement[int]):
     """The database server's clock, in integer milliseconds since the Unix epoch."""
 
     type = sa.BigInteger()

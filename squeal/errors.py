@@ -1,4 +1,4 @@
-"""Every exception squeal raises: one root, one docstring each (the docstring is the default message)."""
+"""Every exception squeal raises: one root; each docstring is the default message."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ class Message:
         self,
         queue: Queue,
         *,
-        id: int,  # noqa: A002 - the public attribute is called id
+        id: int,
         topic: str,
         payload: bytes,
         priority: int,

@@ -1,4 +1,4 @@
-"""Run squeal's Alembic migrations: from Python, from ``squeal migrate``, or from your own alembic."""
+"""Run squeal's Alembic migrations: from Python, ``squeal migrate``, or your own alembic."""
 
 from __future__ import annotations
 
@@ -39,10 +39,15 @@ def version_table(prefix: str) -> str:
     return f"{validate_prefix(prefix)}_alembic_version"
 
 
-def config(prefix: str = "squeal", *, connection: sa.Connection | None = None,
-           url: str | None = None, output: io.TextIOBase | None = None) -> Config:
+def config(
+    prefix: str = "squeal",
+    *,
+    connection: sa.Connection | None = None,
+    url: str | None = None,
+    output: io.TextIOBase | None = None,
+) -> Config:
     """An Alembic Config for squeal's migrations (isolated: its own version table)."""
-    cfg = Config(output_buffer=output) if output is not None else Config()
+    cfg = Config(output_buffer=output) if output is not None else Config()  # type: ignore[arg-type]
     cfg.set_main_option("script_location", str(script_location()))
     cfg.attributes["squeal.prefix"] = validate_prefix(prefix)
     if connection is not None:
@@ -69,8 +74,13 @@ def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head"
         conn.commit()
 
 
-def downgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "base",
-              drop_version_table: bool = False) -> None:
+def downgrade(
+    engine: sa.Engine,
+    *,
+    prefix: str = "squeal",
+    revision: str = "base",
+    drop_version_table: bool = False,
+) -> None:
     """Downgrade squeal's tables to ``revision``; ``base`` removes them all."""
     with engine.begin() as conn:
         command.downgrade(config(prefix, connection=conn), revision)
@@ -87,11 +97,13 @@ def current(engine: sa.Engine, *, prefix: str = "squeal") -> str | None:
 
 def sql(engine_or_url: sa.Engine | str, *, prefix: str = "squeal", revision: str = "head") -> str:
     """The DDL of an upgrade to ``revision``, as SQL text for a DBA (nothing is executed)."""
-    url = engine_or_url if isinstance(engine_or_url, str) else engine_or_url.url.render_as_string(
-        hide_password=False
+    url = (
+        engine_or_url
+        if isinstance(engine_or_url, str)
+        else engine_or_url.url.render_as_string(hide_password=False)
     )
     out = io.StringIO()
-    command.upgrade(config(prefix, url=url, output=out), revision, sql=True)  # type: ignore[arg-type]
+    command.upgrade(config(prefix, url=url, output=out), revision, sql=True)
     return out.getvalue()
 
 

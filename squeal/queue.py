@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from squeal import validation as check
 from squeal.admin import AdminStatements
 from squeal.dialects import strategy_for
-from squeal.errors import LeaseLost
+from squeal.errors import InvalidType, LeaseLost, ValidationError
 from squeal.message import DeadMessage, Message, TopicStats, from_ms
 from squeal.schema import READY, WAITING, build_tables
 from squeal.session import Session
@@ -56,9 +56,7 @@ class Queue:
         max_payload_size: int = 1_048_576,
     ) -> None:
         if not isinstance(engine, sa.Engine):
-            raise check.InvalidType(
-                f"engine must be a sqlalchemy Engine, not {type(engine).__name__}"
-            )
+            raise InvalidType(f"engine must be a sqlalchemy Engine, not {type(engine).__name__}")
         self._tables = build_tables(prefix)
         self.visibility_timeout = check.seconds(
             visibility_timeout, "visibility_timeout", positive=True
@@ -164,12 +162,12 @@ class Queue:
             ValueError / TypeError: invalid input anywhere in the batch; nothing was written.
         """
         items = check.sequence(payloads, "payloads")
-        keys = [None] * len(items) if dedup_keys is None else check.sequence(dedup_keys, "dedup_keys")
+        keys = (
+            [None] * len(items) if dedup_keys is None else check.sequence(dedup_keys, "dedup_keys")
+        )
         if len(keys) != len(items):
-            raise check.ValidationError(
-                f"dedup_keys has {len(keys)} entries for {len(items)} payloads"
-            )
-        rows = [self._row(p, topic, priority, delay, k) for p, k in zip(items, keys)]
+            raise ValidationError(f"dedup_keys has {len(keys)} entries for {len(items)} payloads")
+        rows = [self._row(p, topic, priority, delay, k) for p, k in zip(items, keys, strict=True)]
         conn = check.connection(connection)
         if not rows:
             return []
@@ -251,8 +249,10 @@ class Queue:
         """
         topic = check.text(topic, "topic")
         limit = check.count(limit, "limit", maximum=10_000)
-        vt = self.visibility_timeout if visibility_timeout is None else check.seconds(
-            visibility_timeout, "visibility_timeout", positive=True
+        vt = (
+            self.visibility_timeout
+            if visibility_timeout is None
+            else check.seconds(visibility_timeout, "visibility_timeout", positive=True)
         )
         wait = check.seconds(wait, "wait")
         deadline = time.monotonic() + wait
@@ -364,21 +364,27 @@ class Queue:
         self._update_each(self._strategy.release, params, messages)
 
     def _touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
-        vt = self.visibility_timeout if visibility_timeout is None else check.seconds(
-            visibility_timeout, "visibility_timeout", positive=True
+        vt = (
+            self.visibility_timeout
+            if visibility_timeout is None
+            else check.seconds(visibility_timeout, "visibility_timeout", positive=True)
         )
-        params = [{"msg_id": m.id, "token": m.lease_token, "vt_ms": check.to_ms(vt)} for m in messages]
+        params = [
+            {"msg_id": m.id, "token": m.lease_token, "vt_ms": check.to_ms(vt)} for m in messages
+        ]
         self._update_each(self._strategy.touch, params, messages)
 
     def _update_each(
         self, stmt: sa.Update, params: list[dict[str, Any]], messages: Sequence[Message]
     ) -> None:
-        """Run a lease-fenced UPDATE per message in one transaction; raise LeaseLost if any missed."""
+        """Run a lease-fenced UPDATE per message in one transaction; LeaseLost if any missed."""
         if not messages:
             return
 
         def run(c: sa.Connection) -> None:
-            lost = [m for m, p in zip(messages, params) if c.execute(stmt, p).rowcount != 1]
+            lost = [
+                m for m, p in zip(messages, params, strict=True) if c.execute(stmt, p).rowcount != 1
+            ]
             if lost:
                 raise LeaseLost(
                     f"lost the lease of {len(lost)} of {len(messages)} message(s), "
@@ -441,7 +447,7 @@ class Queue:
         ]
 
     def redrive(self, topic: str = "default", limit: int | None = None) -> int:
-        """Make dead messages of ``topic`` ready again with their attempts reset; return how many."""
+        """Make dead messages of ``topic`` ready again, attempts reset; return how many."""
         topic = check.text(topic, "topic")
         wanted = None if limit is None else check.count(limit, "limit")
         total = 0
@@ -480,7 +486,7 @@ def _unsettled(messages: Sequence[Message]) -> list[Message]:
     batch = list(messages)
     for msg in batch:
         if not isinstance(msg, Message):
-            raise check.InvalidType(f"expected Message objects, not {type(msg).__name__}")
+            raise InvalidType(f"expected Message objects, not {type(msg).__name__}")
         msg._settle()
     return batch
 
@@ -490,7 +496,9 @@ def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     chunks: list[list[dict[str, Any]]] = [[]]
     size = 0
     for row in rows:
-        if chunks[-1] and (len(chunks[-1]) >= _BATCH_ROWS or size + len(row["payload"]) > _BATCH_BYTES):
+        if chunks[-1] and (
+            len(chunks[-1]) >= _BATCH_ROWS or size + len(row["payload"]) > _BATCH_BYTES
+        ):
             chunks.append([])
             size = 0
         chunks[-1].append(row)

@@ -1,4 +1,4 @@
-"""squeal's tables, declared once with SQLAlchemy Core; the migrations must produce exactly these."""
+"""squeal's tables, declared once with SQLAlchemy Core; the migrations produce exactly these."""
 
 from __future__ import annotations
 
@@ -22,8 +22,15 @@ MAX_PREFIX_LENGTH = _MAX_IDENTIFIER - _LONGEST_SUFFIX
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 #: Message states stored in ``state``. WAITING covers delayed, leased and backing-off messages;
-#: the claim promotes a WAITING row whose ``visible_at`` has passed.
+#: the claim promotes a WAITING row whose ``visible_at`` has passed. Only WAITING rows have a
+#: ``visible_at``: the due index then holds nothing but rows that wait, in time order.
 READY, WAITING, DEAD = 0, 1, 2
+
+
+def in_state(column: sa.ColumnElement[Any], state: int) -> sa.ColumnElement[bool]:
+    """``column = <state>`` with the state inlined, so query plans can see which one."""
+    return column == sa.literal_column(str(int(state)), sa.SmallInteger())
+
 
 MAX_TEXT_LENGTH = 255
 
@@ -110,7 +117,7 @@ def build_tables(prefix: str) -> Tables:
         # database (MariaDB before 10.8 ignores DESC in index definitions).
         sa.Column("neg_priority", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.SmallInteger(), nullable=False),
-        sa.Column("visible_at", sa.BigInteger(), nullable=False),
+        sa.Column("visible_at", sa.BigInteger(), nullable=True),
         sa.Column("enqueued_at", sa.BigInteger(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_token", sa.BigInteger(), nullable=True),
@@ -118,7 +125,7 @@ def build_tables(prefix: str) -> Tables:
         sa.Column("payload", payload_type(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=f"{prefix}_message_pk"),
         sa.Index(f"{prefix}_message_claim_ix", "topic", "state", "neg_priority", "id"),
-        sa.Index(f"{prefix}_message_due_ix", "topic", "state", "visible_at"),
+        sa.Index(f"{prefix}_message_due_ix", "topic", "visible_at"),
         sa.UniqueConstraint("topic", "dedup_key", name=f"{prefix}_message_dedup_uq"),
         sqlite_autoincrement=True,
     )

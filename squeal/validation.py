@@ -92,9 +92,7 @@ def count(value: object, what: str, *, minimum: int = 1, maximum: int | None = N
 def connection(value: object) -> sa.Connection | None:
     """None, or a SQLAlchemy Connection (for example ``session.connection()``)."""
     if value is not None and not isinstance(value, sa.Connection):
-        raise InvalidType(
-            f"connection must be a sqlalchemy Connection, not {type(value).__name__}"
-        )
+        raise InvalidType(f"connection must be a sqlalchemy Connection, not {type(value).__name__}")
     return value
 
 

@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("topic", exact_text_type(), nullable=False),
         sa.Column("neg_priority", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.SmallInteger(), nullable=False),
-        sa.Column("visible_at", sa.BigInteger(), nullable=False),
+        sa.Column("visible_at", sa.BigInteger(), nullable=True),
         sa.Column("enqueued_at", sa.BigInteger(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_token", sa.BigInteger(), nullable=True),
@@ -40,7 +40,7 @@ def upgrade() -> None:
     op.create_index(
         f"{p}_message_claim_ix", f"{p}_message", ["topic", "state", "neg_priority", "id"]
     )
-    op.create_index(f"{p}_message_due_ix", f"{p}_message", ["topic", "state", "visible_at"])
+    op.create_index(f"{p}_message_due_ix", f"{p}_message", ["topic", "visible_at"])
 
 
 def downgrade() -> None:

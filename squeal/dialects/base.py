@@ -1,4 +1,4 @@
-"""The strategy every database shares; subclasses override only what their database does differently."""
+"""The strategy every database shares; subclasses override what their database does differently."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.errors import UnsupportedDatabase
-from squeal.schema import DEAD, READY, WAITING, Tables
+from squeal.schema import DEAD, READY, WAITING, Tables, in_state
 
 
 class ClaimedRow(NamedTuple):
@@ -38,6 +38,11 @@ def promoted_state(m: sa.Table) -> sa.Case[Any]:
     return sa.case((dead_on_expiry(m), DEAD), else_=READY)
 
 
+def promoted(m: sa.Table) -> dict[str, Any]:
+    """SET clause for due WAITING rows: READY (or DEAD), no longer waiting for a time."""
+    return {"state": promoted_state(m), "visible_at": None}
+
+
 class Strategy:
     """How squeal talks to one kind of database.
 
@@ -58,7 +63,7 @@ class Strategy:
             "topic": _param("topic"),
             "neg_priority": _param("neg_priority"),
             "state": _param("state"),
-            "visible_at": now + _param("delay_ms", sa.BigInteger()),
+            "visible_at": sa.case((_param("delay_ms") > 0, now + _param("delay_ms"))),
             "enqueued_at": now,
             "attempts": 0,
             "dedup_key": _param("dedup_key"),
@@ -72,35 +77,35 @@ class Strategy:
         self.ack_batch = sa.delete(m).where(
             m.c.lease_token == _param("token"), m.c.id.in_(sa.bindparam("ids", expanding=True))
         )
+        out_of_attempts = m.c.attempts >= _param("max_attempts")
         self.nack = (
             sa.update(m)
             .where(lease)
             .values(
-                state=sa.case((m.c.attempts >= _param("max_attempts"), DEAD), else_=WAITING),
-                visible_at=now + _param("delay_ms", sa.BigInteger()),
+                state=sa.case((out_of_attempts, DEAD), else_=WAITING),
+                visible_at=sa.case((out_of_attempts, None), else_=now + _param("delay_ms")),
                 lease_token=None,
             )
         )
         self.release = (
             sa.update(m)
-            .where(lease, m.c.state != DEAD)
-            .values(state=READY, visible_at=now, lease_token=None, attempts=m.c.attempts - 1)
+            .where(lease, sa.not_(in_state(m.c.state, DEAD)))
+            .values(state=READY, visible_at=None, lease_token=None, attempts=m.c.attempts - 1)
         )
         self.touch = (
             sa.update(m)
-            .where(lease, m.c.state != DEAD)
+            .where(lease, sa.not_(in_state(m.c.state, DEAD)))
             .values(state=WAITING, visible_at=now + _param("vt_ms", sa.BigInteger()))
         )
 
-        due = sa.and_(
-            m.c.topic == _param("in_topic"), m.c.state == WAITING, m.c.visible_at <= now
-        )
-        self.due_ids = (
-            sa.select(m.c.id).where(due).order_by(m.c.visible_at).limit(_param("limit"))
-        )
+        # Only WAITING rows have a visible_at, so this range of the due index is exactly the
+        # rows whose delay, backoff or lease has run out. (A state test here would let the
+        # planner prefer the claim index and filter every leased row.)
+        due = sa.and_(m.c.topic == _param("in_topic"), m.c.visible_at <= now)
+        self.due_ids = sa.select(m.c.id).where(due).order_by(m.c.visible_at).limit(_param("limit"))
         self.ready_ids = (
             sa.select(m.c.id)
-            .where(m.c.topic == _param("in_topic"), m.c.state == READY)
+            .where(m.c.topic == _param("in_topic"), in_state(m.c.state, READY))
             .order_by(m.c.neg_priority, m.c.id)
             .limit(_param("limit"))
         )
@@ -126,7 +131,7 @@ class Strategy:
 
     def server_version(self, connection: sa.Connection) -> tuple[int, ...]:
         """The server's version as a tuple of ints."""
-        return tuple(self.dialect.server_version_info or ())
+        return tuple(int(v) for v in (self.dialect.server_version_info or ()) if isinstance(v, int))
 
     def check_server(self, connection: sa.Connection) -> None:
         """Raise UnsupportedDatabase when the server is too old for squeal."""
@@ -172,11 +177,7 @@ class Strategy:
     @cached_property
     def _promote(self) -> sa.Update:
         m = self.m
-        return (
-            sa.update(m)
-            .where(m.c.id.in_(self.due_ids.scalar_subquery()))
-            .values(state=promoted_state(m))
-        )
+        return sa.update(m).where(m.c.id.in_(self.due_ids.scalar_subquery())).values(promoted(m))
 
     @cached_property
     def _lease_ready(self) -> sa.Update:
@@ -203,10 +204,14 @@ class Strategy:
         by_key = {key: id_ for id_, key in returned if key is not None}
         # Ids come from one sequence in VALUES order, so sorted ids follow the input order.
         plain = iter(sorted(id_ for id_, key in returned if key is None))
-        return [by_key.get(row["dedup_key"]) if row["dedup_key"] is not None else next(plain)
-                for row in rows]
+        return [
+            by_key.get(row["dedup_key"]) if row["dedup_key"] is not None else next(plain)
+            for row in rows
+        ]
 
-    def _insert_one(self, connection: sa.Connection, dedup: bool, row: dict[str, Any]) -> int | None:
+    def _insert_one(
+        self, connection: sa.Connection, dedup: bool, row: dict[str, Any]
+    ) -> int | None:
         if self.dialect.insert_returning:
             found = connection.execute(self._returning[dedup][0], row).first()
             return None if found is None else int(found[0])
@@ -224,4 +229,4 @@ class Strategy:
         }
 
 
-__all__ = ["ClaimedRow", "Strategy", "dead_on_expiry", "promoted_state"]
+__all__ = ["ClaimedRow", "Strategy", "dead_on_expiry", "promoted", "promoted_state"]

@@ -11,7 +11,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
-from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted_state
+from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
+from squeal.errors import UnsupportedDatabase
 
 
 @compiles(now_ms, "mysql")
@@ -21,8 +22,14 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
     return "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
 
 
+_MARIADB_MIN = (10, 6)
 #: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
 _RETRYABLE_ERRORS = frozenset({1205, 1213})
+
+
+def _force_index(select: sa.Select[Any], table: sa.Table, index: str) -> sa.Select[Any]:
+    hint = f"FORCE INDEX ({index})"
+    return select.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
 
 
 class MySQLStrategy(Strategy):
@@ -35,17 +42,20 @@ class MySQLStrategy(Strategy):
     label: ClassVar[str] = "MySQL"
     min_version: ClassVar[tuple[int, ...]] = (8, 0, 1)
 
-    def __init__(self, dialect: sa.Dialect, tables: Any) -> None:
-        super().__init__(dialect, tables)
-
     @property
     def _is_mariadb(self) -> bool:
         return bool(getattr(self.dialect, "is_mariadb", False))
 
     def check_server(self, connection: sa.Connection) -> None:
-        if self._is_mariadb:
-            self.label, self.min_version = "MariaDB", (10, 6)
-        super().check_server(connection)
+        if not self._is_mariadb:
+            super().check_server(connection)
+            return
+        version = self.server_version(connection)
+        if version < _MARIADB_MIN:
+            raise UnsupportedDatabase(
+                "squeal needs MariaDB 10.6 or newer for SKIP LOCKED (this server is "
+                f"{'.'.join(map(str, version))})"
+            )
 
     def insert_ignoring_conflicts(self, values: dict[str, Any]) -> Insert:
         # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
@@ -87,7 +97,7 @@ class MySQLStrategy(Strategy):
         ]
 
     @cached_property
-    def _candidates(self) -> sa.CompoundSelect:
+    def _candidates(self) -> sa.CompoundSelect[Any]:
         """Ready rows in claim order plus due waiting rows, all locked, in one round trip."""
         m = self.m
         columns = (m.c.id, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at)
@@ -97,8 +107,11 @@ class MySQLStrategy(Strategy):
         due = self.due_ids.with_only_columns(
             *columns, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
         )
+        # InnoDB's optimizer, seeing that most rows match, picks a full scan plus filesort, which
+        # also locks every row it sorts; each branch must walk its own index in order.
         return sa.union_all(
-            ready.with_for_update(skip_locked=True), due.with_for_update(skip_locked=True)
+            _force_index(ready, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True),
+            _force_index(due, m, f"{m.name}_due_ix").with_for_update(skip_locked=True),
         )
 
     @cached_property
@@ -114,7 +127,5 @@ class MySQLStrategy(Strategy):
     def _promote_ids(self) -> sa.Update:
         m = self.m
         return (
-            sa.update(m)
-            .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
-            .values(state=promoted_state(m))
+            sa.update(m).where(m.c.id.in_(sa.bindparam("ids", expanding=True))).values(promoted(m))
         )

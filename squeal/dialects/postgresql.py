@@ -11,19 +11,19 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
-from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted_state
+from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
 
 
 @compiles(now_ms, "postgresql")
 def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
     # clock_timestamp(), not now(): now() is frozen at the start of the transaction.
-    return "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)"
+    return "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
 
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 
-def _array_of(select: sa.Select[Any]) -> sa.ColumnElement[Any]:
+def _array_of(select: sa.SelectBase) -> sa.ColumnElement[Any]:
     """``ARRAY(SELECT ...)``: keeps ``id = ANY(...)`` a primary-key lookup per id.
 
     ``UPDATE ... FROM (cte)`` was seen planned as a hash join over the whole table.
@@ -94,7 +94,7 @@ class PostgreSQLStrategy(Strategy):
         promote = (
             sa.update(m)
             .where(m.c.id == _array_of(sa.select(due.c.id).except_(sa.select(pick.c.id))))
-            .values(state=promoted_state(m))
+            .values(promoted(m))
             .cte("promote")
         )
         return (

@@ -1,0 +1,48 @@
+"""Sessions: tests per database, lint, typecheck. A bare ``nox`` runs lint, typecheck and tests."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+DATABASES = ("sqlite", "postgresql", "mysql")
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the library."""
+    _install(session)
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every database it can reach (unreachable servers are deselected with the reason)."""
+    _install(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(name="tests-db")
+@nox.parametrize("db", DATABASES)
+def tests_db(session: nox.Session, db: str) -> None:
+    """One database, which must be reachable (--require-db)."""
+    _install(session)
+    if db == "mysql" and "SQUEAL_TEST_MYSQL_URL" not in os.environ:
+        session.log("mysql: using the default MariaDB/MySQL URL; set SQUEAL_TEST_MYSQL_URL to change")
+    session.run("pytest", f"--db={db}", "--require-db", *session.posargs)
