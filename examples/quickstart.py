@@ -48,5 +48,5 @@ def main(url: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     default = f"sqlite:///{Path(tempfile.mkdtemp()) / 'quickstart.db'}"
-    parser.add_argument("--url", default=default, help="SQLAlchemy URL (default: a temp SQLite file)")
+    parser.add_argument("--url", default=default, help="SQLAlchemy URL (default: temp SQLite)")
     main(parser.parse_args().url)

@@ -1,0 +1,113 @@
+"""Every claim is an ordered walk of the claim index, on fresh and on analysed tables.
+
+A plan that sorts the topic's backlog (or locks every row it sorts, on InnoDB) makes each claim
+cost grow with the backlog. These tests read the database's own plan for the exact SQL a claim
+sends, with leased messages ahead of the ready ones in priority order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from squeal import Queue
+
+BACKLOG = 5_000
+
+
+@pytest.fixture
+def backlog_queue(queue: Queue) -> Queue:
+    for start in range(0, BACKLOG, 1000):
+        queue.put_many([b"x" * 64] * 1000, "jobs", priority=start % 7)
+    queue.put_many([b"hot"] * 500, "jobs", priority=100)
+    queue.get_many("jobs", 500)  # 500 leased messages ahead of everything else
+    return queue
+
+
+def _claim_statements(queue: Queue) -> list[tuple[str, Any]]:
+    """The statements (with their parameters) that one get() sends."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        sent.append((statement, parameters))
+
+    sa.event.listen(queue.engine, "before_cursor_execute", capture)
+    try:
+        assert queue.get("jobs") is not None
+    finally:
+        sa.event.remove(queue.engine, "before_cursor_execute", capture)
+    return sent
+
+
+def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _walk(child)
+
+
+@pytest.mark.dialects("postgresql")
+@pytest.mark.parametrize("analysed", [False, True], ids=["fresh", "analysed"])
+def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
+    backlog_queue: Queue, analysed: bool
+) -> None:
+    table = f"{backlog_queue.prefix}_message"
+    if analysed:
+        with backlog_queue.engine.connect() as conn:
+            conn.exec_driver_sql(f"ANALYZE {table}")
+            conn.commit()
+    (statement, params), *_ = [
+        s for s in _claim_statements(backlog_queue) if s[0].lstrip().startswith("WITH")
+    ]
+    with backlog_queue.engine.connect() as conn:
+        for _ in range(8):  # past psycopg's prepare threshold, so generic plans count too
+            plan = conn.exec_driver_sql(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params
+            ).scalar_one()
+        conn.rollback()
+    nodes = list(_walk((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]))
+    scans = [
+        n for n in nodes if n.get("Relation Name") == table and n["Node Type"].endswith("Scan")
+    ]
+    by_index = {n.get("Index Name") for n in scans}
+    assert f"{table}_claim_ix" in by_index, by_index
+    assert f"{table}_due_ix" in by_index, by_index
+    for node in scans:
+        assert node["Node Type"] != "Seq Scan", node
+        assert node["Actual Rows"] <= 1, node
+    claim_scan = next(n for n in scans if n.get("Index Name") == f"{table}_claim_ix")
+    assert claim_scan["Node Type"] == "Index Scan"
+    big_sorts = [n for n in nodes if n["Node Type"] == "Sort" and n.get("Actual Rows", 0) > 2]
+    assert not big_sorts, big_sorts
+
+
+@pytest.mark.dialects("mysql")
+def test_mysql_claim_locks_in_index_order_without_filesort(backlog_queue: Queue) -> None:
+    (statement, params), *_ = [
+        s for s in _claim_statements(backlog_queue) if s[0].lstrip().startswith("(SELECT")
+    ]
+    with backlog_queue.engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN " + statement, params).mappings().all()
+        conn.rollback()
+    table = f"{backlog_queue.prefix}_message"
+    used = [row["key"] for row in rows if row["table"] == table]
+    assert used == [f"{table}_claim_ix", f"{table}_due_ix"], rows
+    assert not any("filesort" in (row["Extra"] or "") for row in rows), rows
+
+
+@pytest.mark.dialects("sqlite")
+def test_sqlite_claim_walks_the_claim_index_without_a_temp_sort(backlog_queue: Queue) -> None:
+    table = f"{backlog_queue.prefix}_message"
+    statements = [s for s in _claim_statements(backlog_queue) if s[0].lstrip().startswith("UPDATE")]
+    with backlog_queue.engine.connect() as conn:
+        plans = [
+            " | ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + s, p))
+            for s, p in statements
+        ]
+        conn.rollback()
+    assert any(f"{table}_claim_ix" in plan for plan in plans), plans
+    assert any(f"{table}_due_ix" in plan for plan in plans), plans
+    assert not any("TEMP B-TREE" in plan for plan in plans), plans
