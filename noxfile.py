@@ -44,5 +44,5 @@ def tests_db(session: nox.Session, db: str) -> None:
     """One database, which must be reachable (--require-db)."""
     _install(session)
     if db == "mysql" and "SQUEAL_TEST_MYSQL_URL" not in os.environ:
-        session.log("mysql: using the default MariaDB/MySQL URL; set SQUEAL_TEST_MYSQL_URL to change")
+        session.log("mysql: the default MariaDB/MySQL URL; set SQUEAL_TEST_MYSQL_URL to change it")
     session.run("pytest", f"--db={db}", "--require-db", *session.posargs)

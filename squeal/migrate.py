@@ -66,11 +66,17 @@ def head() -> str:
 
 
 def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head") -> None:
-    """Create or upgrade squeal's tables for ``prefix`` to ``revision``."""
+    """Create or upgrade squeal's tables for ``prefix`` to ``revision``.
+
+    Raises:
+        UnsupportedDatabase: before any DDL runs, when squeal cannot run on this database.
+    """
+    strategy = strategy_for(engine, build_tables(prefix))
     with engine.begin() as conn:
+        strategy.check_server(conn)
         command.upgrade(config(prefix, connection=conn), revision)
     with engine.connect() as conn:
-        strategy_for(engine, build_tables(prefix)).after_migrate(conn)
+        strategy.after_migrate(conn)
         conn.commit()
 
 

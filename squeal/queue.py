@@ -14,8 +14,9 @@ from squeal import validation as check
 from squeal.admin import AdminStatements
 from squeal.dialects import strategy_for
 from squeal.errors import InvalidType, LeaseLost, ValidationError
+from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, TopicStats, from_ms
-from squeal.schema import READY, WAITING, build_tables
+from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session
 
 #: Stands for "no limit" in SQL that compares attempts (max_attempts=None).
@@ -93,6 +94,10 @@ class Queue:
     def __repr__(self) -> str:
         return f"<Queue prefix={self.prefix!r} {self.engine.url.render_as_string()}>"
 
+    def close(self) -> None:
+        """Close the database connections this queue keeps (it reopens them if used again)."""
+        self._session.close()
+
     # -- schema ---------------------------------------------------------------------------------
 
     def create(self) -> None:
@@ -138,9 +143,10 @@ class Queue:
         Raises:
             ValueError / TypeError: invalid input; nothing was sent to the database.
         """
-        row = self._row(payload, topic, priority, delay, dedup_key)
+        shared = self._shared(topic, priority, delay)
+        row = self._row(payload, dedup_key)
         conn = check.connection(connection)
-        return self._session.write(lambda c: self._strategy.insert(c, [row]), conn)[0]
+        return self._session.write(lambda ex: self._strategy.insert(ex, shared, [row]), conn)[0]
 
     def put_many(
         self,
@@ -167,7 +173,8 @@ class Queue:
         )
         if len(keys) != len(items):
             raise ValidationError(f"dedup_keys has {len(keys)} entries for {len(items)} payloads")
-        rows = [self._row(p, topic, priority, delay, k) for p, k in zip(items, keys, strict=True)]
+        shared = self._shared(topic, priority, delay)
+        rows = [self._row(p, k) for p, k in zip(items, keys, strict=True)]
         conn = check.connection(connection)
         if not rows:
             return []
@@ -179,14 +186,15 @@ class Queue:
                 unique.append(row)
             if key is not None:
                 seen.add(key)
+        chunks = _chunks(unique)
 
-        def insert(c: sa.Connection) -> list[int | None]:
+        def insert(ex: Executor) -> list[int | None]:
             ids: list[int | None] = []
-            for chunk in _chunks(unique):
-                ids.extend(self._strategy.insert(c, chunk))
+            for chunk in chunks:
+                ids.extend(self._strategy.insert(ex, shared, chunk))
             return ids
 
-        inserted = iter(self._session.write(insert, conn))
+        inserted = iter(self._session.write(insert, conn, atomic=len(chunks) > 1))
         first_of_key: set[str] = set()
         result: list[int | None] = []
         for row in rows:
@@ -199,9 +207,8 @@ class Queue:
             result.append(next(inserted))
         return result
 
-    def _row(
-        self, payload: object, topic: object, priority: object, delay: object, dedup_key: object
-    ) -> dict[str, Any]:
+    def _shared(self, topic: object, priority: object, delay: object) -> dict[str, Any]:
+        """The validated columns every message of one put or put_many shares."""
         delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
         delay_ms = check.to_ms(delay_s)
         return {
@@ -209,8 +216,13 @@ class Queue:
             "neg_priority": -check.priority(priority),
             "state": WAITING if delay_ms > 0 else READY,
             "delay_ms": delay_ms,
-            "dedup_key": check.optional_text(dedup_key, "dedup_key"),
+        }
+
+    def _row(self, payload: object, dedup_key: object) -> dict[str, Any]:
+        """The validated columns of one message."""
+        return {
             "payload": check.payload(payload, self.max_payload_size),
+            "dedup_key": check.optional_text(dedup_key, "dedup_key"),
         }
 
     # -- consuming ------------------------------------------------------------------------------
@@ -268,8 +280,8 @@ class Queue:
     def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:
         token = secrets.randbits(63)
         rows = self._session.claim(
-            lambda c: self._strategy.claim(
-                c,
+            lambda ex: self._strategy.claim(
+                ex,
                 topic=topic,
                 limit=limit,
                 vt_ms=vt_ms,
@@ -325,17 +337,17 @@ class Queue:
             return
         s = self._strategy
 
-        def ack(c: sa.Connection) -> None:
+        def ack(ex: Executor) -> None:
             if len(messages) == 1:
                 msg = messages[0]
-                done = c.execute(s.ack, {"msg_id": msg.id, "token": msg.lease_token}).rowcount
+                done = ex.count(s.ack, {"msg_id": msg.id, "token": msg.lease_token})
                 _expect(done, messages)
                 return
             by_token: dict[int, list[int]] = {}
             for msg in messages:
                 by_token.setdefault(msg.lease_token, []).append(msg.id)
             done = sum(
-                c.execute(s.ack_batch, {"token": token, "ids": ids}).rowcount
+                ex.count(s.ack_batch, {"token": token, "ids": ids})
                 for token, ids in by_token.items()
             )
             if done != len(messages):
@@ -344,7 +356,8 @@ class Queue:
                     message_id=messages[0].id,
                 )
 
-        self._session.write(ack, connection, commit_on=LeaseLost)
+        tokens = len({msg.lease_token for msg in messages})
+        self._session.write(ack, connection, atomic=tokens > 1, commit_on=LeaseLost)
 
     def _nack(self, messages: Sequence[Message], delay: float | None) -> None:
         fixed = None if delay is None else check.seconds(delay, "delay")
@@ -381,10 +394,8 @@ class Queue:
         if not messages:
             return
 
-        def run(c: sa.Connection) -> None:
-            lost = [
-                m for m, p in zip(messages, params, strict=True) if c.execute(stmt, p).rowcount != 1
-            ]
+        def run(ex: Executor) -> None:
+            lost = [m for m, p in zip(messages, params, strict=True) if ex.count(stmt, p) != 1]
             if lost:
                 raise LeaseLost(
                     f"lost the lease of {len(lost)} of {len(messages)} message(s), "
@@ -392,7 +403,7 @@ class Queue:
                     message_id=lost[0].id,
                 )
 
-        self._session.write(run, None, commit_on=LeaseLost)
+        self._session.write(run, None, atomic=len(messages) > 1, commit_on=LeaseLost)
 
     def _backoff(self, attempts: int) -> float:
         """``failure_base_delay * 2**(attempts-1)``, capped, with up to 25% jitter below it."""
@@ -405,7 +416,7 @@ class Queue:
     def size(self, topic: str = "default") -> int:
         """Messages of ``topic`` ready to be delivered now (not delayed, leased or dead)."""
         params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
-        return int(self._session.read(lambda c: c.execute(self._admin.size, params).scalar_one()))
+        return int(self._session.read(lambda ex: ex.rows(self._admin.size, params))[0][0])
 
     def topics(self) -> dict[str, int]:
         """Ready messages per topic, for every topic that has some."""
@@ -414,16 +425,16 @@ class Queue:
     def stats(self) -> dict[str, TopicStats]:
         """Per topic: ready, delayed, leased and dead counts and the oldest ready message's age."""
         params = {"max_attempts": self._max_attempts}
-        rows = self._session.read(lambda c: c.execute(self._admin.stats, params).all())
+        rows = self._session.read(lambda ex: ex.rows(self._admin.stats, params))
         return {
-            row.topic: TopicStats(
-                ready=int(row.ready),
-                delayed=int(row.delayed),
-                leased=int(row.leased),
-                dead=int(row.dead),
-                oldest_ready_age=None if row.oldest is None else (row.now - row.oldest) / 1000,
+            text_value(topic): TopicStats(
+                ready=int(ready),
+                delayed=int(delayed),
+                leased=int(leased),
+                dead=int(dead),
+                oldest_ready_age=None if oldest is None else (now - oldest) / 1000,
             )
-            for row in rows
+            for topic, ready, delayed, leased, dead, oldest, now in rows
         }
 
     def dead(self, topic: str = "default", limit: int = 100) -> list[DeadMessage]:
@@ -433,17 +444,17 @@ class Queue:
             "limit": check.count(limit, "limit"),
             "max_attempts": self._max_attempts,
         }
-        rows = self._session.read(lambda c: c.execute(self._admin.dead_list, params).all())
+        rows = self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
         return [
             DeadMessage(
-                id=r.id,
-                topic=r.topic,
-                payload=bytes(r.payload),
-                priority=-r.neg_priority,
-                attempts=r.attempts,
-                enqueued_at=from_ms(r.enqueued_at),
+                id=id_,
+                topic=text_value(topic_),
+                payload=bytes(payload),
+                priority=-neg_priority,
+                attempts=attempts,
+                enqueued_at=from_ms(enqueued_at),
             )
-            for r in rows
+            for id_, topic_, payload, neg_priority, attempts, enqueued_at in rows
         ]
 
     def redrive(self, topic: str = "default", limit: int | None = None) -> int:
@@ -455,13 +466,13 @@ class Queue:
             step = 1000 if wanted is None else min(1000, wanted - total)
             params = {"in_topic": topic, "limit": step, "max_attempts": self._max_attempts}
 
-            def redrive(c: sa.Connection, params: dict[str, Any] = params) -> int:
-                ids = list(c.execute(self._admin.dead_ids, params).scalars())
+            def redrive(ex: Executor, params: dict[str, Any] = params) -> int:
+                ids = [row[0] for row in ex.rows(self._admin.dead_ids, params)]
                 if ids:
-                    c.execute(self._admin.redrive, {"ids": ids})
+                    ex.count(self._admin.redrive, {"ids": ids})
                 return len(ids)
 
-            moved = self._session.write(redrive, None)
+            moved = self._session.write(redrive, None, atomic=True)
             total += moved
             if moved < step:
                 break
@@ -471,7 +482,7 @@ class Queue:
         """Delete every message of ``topic`` (or only its dead ones); return how many."""
         params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
         stmt = self._admin.purge_dead if dead_only else self._admin.purge_all
-        return int(self._session.write(lambda c: c.execute(stmt, params).rowcount, None))
+        return int(self._session.write(lambda ex: ex.count(stmt, params)))
 
 
 def _expect(done: int, messages: Sequence[Message]) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "squeal_0001"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -76,6 +76,11 @@ class ExactText(sa.types.TypeDecorator[str]):
         if isinstance(value, (bytes, bytearray)):
             return bytes(value).decode("utf-8")
         return value  # type: ignore[no-any-return]
+
+
+def text_value(value: Any) -> str:
+    """A text column read through a raw driver as str (MySQL returns VARBINARY as bytes)."""
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def exact_text_type() -> sa.types.TypeEngine[Any]:

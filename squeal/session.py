@@ -1,17 +1,21 @@
-"""The one boundary between squeal and the database: transactions, retries, error wrapping."""
+"""The one boundary between squeal and the database: connections, transactions, retries, errors."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from squeal.connections import ConnectionStash
 from squeal.dialects.base import Strategy
 from squeal.errors import DatabaseBusy, DatabaseError, SchemaMissing, SchemaOutOfDate
+from squeal.executor import CallerExecutor, Executor, RawExecutor
+from squeal.prepared import Prepared
 from squeal.schema import SCHEMA_REVISION, Tables
 
 T = TypeVar("T")
@@ -19,12 +23,15 @@ log = logging.getLogger("squeal")
 
 #: How long squeal keeps retrying a transient failure (deadlock, lock timeout, busy, reconnect).
 RETRY_SECONDS = 30.0
+#: Pools whose connections cannot be detached: every checkout is the same connection.
+_SHARED_CONNECTION_POOLS = (sa.pool.StaticPool, sa.pool.SingletonThreadPool, sa.pool.AssertionPool)
+#: The version table an application's own alembic uses when it runs squeal's revisions.
+APPLICATION_VERSION_TABLE = "alembic_version"
 
 
-def wrap(error: sa.exc.SQLAlchemyError, action: str) -> DatabaseError:
+def wrap(error: BaseException, action: str) -> DatabaseError:
     """A DatabaseError that names the driver's error but never the statement's parameters."""
-    orig = getattr(error, "orig", None)
-    source = orig if orig is not None else error
+    source = getattr(error, "orig", None) or error
     first_line = (str(source).strip().splitlines() or [""])[0]
     # SQLAlchemy appends "[SQL: ...]" and "[parameters: ...]" to its own text; drop them.
     first_line = first_line.split(" [SQL:")[0].split("[parameters:")[0].strip()
@@ -39,102 +46,184 @@ def migrate_command(engine: sa.Engine, prefix: str) -> str:
 
 
 class Session:
-    """Runs units of work for one queue: its own transactions with retries, or the caller's."""
+    """Runs units of work for one queue: on connections squeal manages, or in the caller's."""
 
     def __init__(self, engine: sa.Engine, strategy: Strategy, tables: Tables) -> None:
         self.engine = engine
         self.strategy = strategy
         self.tables = tables
         self._schema_ok = False
-        self._version_table = sa.table(
-            f"{tables.prefix}_alembic_version", sa.column("version_num", sa.String())
-        )
+        self._prepared: dict[Any, Prepared] = {}
+        self._errors: tuple[type[BaseException], ...] = ()
+        shared = isinstance(engine.pool, _SHARED_CONNECTION_POOLS)
+        self._stash = None if shared else ConnectionStash(engine, strategy.configure)
+        self._claim_stash = self._stash
+        if self._stash is not None and strategy.separate_claim_connections:
+            self._claim_stash = ConnectionStash(engine, strategy.configure_claimer)
 
     def forget_schema(self) -> None:
         """Check the schema again on next use (after create or destroy)."""
         self._schema_ok = False
 
+    def close(self) -> None:
+        """Close the connections squeal keeps for this queue."""
+        for stash in {self._stash, self._claim_stash}:
+            if stash is not None:
+                stash.close()
+
+    # -- units of work --------------------------------------------------------------------------
+
     def write(
         self,
-        work: Callable[[sa.Connection], T],
-        connection: sa.Connection | None,
+        work: Callable[[Executor], T],
+        connection: sa.Connection | None = None,
         *,
+        atomic: bool = False,
         commit_on: type[BaseException] | None = None,
     ) -> T:
-        """Run ``work`` in the caller's transaction, or in a transaction of ours that commits.
+        """Run ``work`` in the caller's transaction, or on squeal's own connection.
 
-        ``commit_on``: an exception type after which our own transaction still commits (the
-        exception is raised afterwards), e.g. LeaseLost in a batch whose other rows succeeded.
+        ``atomic``: several statements that must commit together (one statement always does).
+        ``commit_on``: an exception type after which squeal's own transaction still commits
+        (the exception is raised afterwards), e.g. LeaseLost in a batch whose others succeeded.
         """
         if connection is not None:
+            return self._in_callers(work, connection)
+        return self._retrying(work, self._stash, atomic=atomic, commit_on=commit_on)
+
+    def claim(self, work: Callable[[Executor], T]) -> T:
+        """Run a claim on a connection prepared for claiming."""
+        atomic = not self.strategy.claim_is_one_statement
+        return self._retrying(work, self._claim_stash, atomic=atomic, commit_on=None)
+
+    def read(self, work: Callable[[Executor], T]) -> T:
+        """Run read-only work."""
+        return self._retrying(work, self._stash, atomic=False, commit_on=None)
+
+    def _in_callers(self, work: Callable[[Executor], T], connection: sa.Connection) -> T:
+        try:
             self._ensure_schema(connection)
-            try:
-                return work(connection)
-            except sa.exc.SQLAlchemyError as error:
-                raise wrap(error, "write in the caller's transaction") from None
-        return self._transact(work, claim=False, commit_on=commit_on)
+            return work(CallerExecutor(connection))
+        except sa.exc.SQLAlchemyError as error:
+            raise wrap(error, "squeal, in the caller's transaction") from None
 
-    def claim(self, work: Callable[[sa.Connection], T]) -> T:
-        """Run a claim in a fresh transaction prepared by the dialect."""
-        return self._transact(work, claim=True, commit_on=None)
-
-    def read(self, work: Callable[[sa.Connection], T]) -> T:
-        """Run a read-only unit of work."""
-        return self._transact(work, claim=False, commit_on=None)
-
-    def _transact(
+    def _retrying(
         self,
-        work: Callable[[sa.Connection], T],
+        work: Callable[[Executor], T],
+        stash: ConnectionStash | None,
         *,
-        claim: bool,
+        atomic: bool,
         commit_on: type[BaseException] | None,
     ) -> T:
+        if not self._schema_ok:
+            self._check_schema()
         deadline = time.monotonic() + RETRY_SECONDS
         pause = 0.002
         while True:
             try:
-                with self.engine.connect() as conn:
-                    if not self._schema_ok:
-                        self._ensure_schema(conn)
-                        conn.rollback()  # a claim's isolation level is set before its first read
-                    if claim:
-                        self.strategy.begin_claim(conn)
+                with self._executor(stash, atomic) as ex:
                     try:
-                        result = work(conn)
+                        result = work(ex)
                     except BaseException as exc:
                         if commit_on is not None and isinstance(exc, commit_on):
-                            conn.commit()
+                            ex.commit()
                         raise
-                    conn.commit()
+                    ex.commit()
                     return result
-            except sa.exc.DBAPIError as error:
-                if not self.strategy.is_retryable(error):
+            except self._driver_errors() as error:
+                if not self._transient(error):
                     raise wrap(error, "squeal") from None
                 if time.monotonic() + pause > deadline:
                     busy = wrap(error, f"squeal (retried for {RETRY_SECONDS:.0f}s)")
                     raise DatabaseBusy(str(busy), retryable=True) from None
-                log.debug("squeal: transient database error, retrying", exc_info=False)
+                log.debug("squeal: transient database error, retrying: %s", type(error).__name__)
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(pause * 2, 0.25)
-            except sa.exc.SQLAlchemyError as error:
-                raise wrap(error, "squeal") from None
+
+    @contextmanager
+    def _executor(self, stash: ConnectionStash | None, atomic: bool) -> Iterator[Executor]:
+        if stash is None:
+            # A pool that hands out one shared connection (e.g. SQLite :memory:): go through it.
+            with self.engine.connect() as conn:
+                yield _Committing(conn)
+            return
+        with stash.connection() as dbapi:
+            begin_sql = None if stash is not self._stash else self.strategy.begin_sql
+            ex = RawExecutor(dbapi, self._prepared, self.engine.dialect, begin_sql=begin_sql)
+            try:
+                if atomic:
+                    ex.begin()
+                yield ex
+            finally:
+                ex.close()
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        if not self._errors:
+            dbapi = self.engine.dialect.loaded_dbapi
+            self._errors = (dbapi.Error, sa.exc.DBAPIError)
+        return self._errors
+
+    def _transient(self, error: BaseException) -> bool:
+        if isinstance(error, sa.exc.DBAPIError):
+            if error.connection_invalidated:
+                return True
+            error = error.orig or error
+        if self.engine.dialect.is_disconnect(error, None, None):  # type: ignore[arg-type]
+            return True
+        return self.strategy.is_retryable(error)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                self._ensure_schema(conn)
+                conn.rollback()
+        except sa.exc.SQLAlchemyError as error:
+            raise wrap(error, "squeal (checking its tables)") from None
 
     def _ensure_schema(self, conn: sa.Connection) -> None:
         if self._schema_ok:
             return
         self.strategy.check_server(conn)
-        name = self._version_table.name
-        command = migrate_command(self.engine, self.tables.prefix)
-        if not sa.inspect(conn).has_table(name):
+        prefix = self.tables.prefix
+        command = migrate_command(self.engine, prefix)
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(self.tables.message.name):
             raise SchemaMissing(
-                f"squeal's tables for prefix {self.tables.prefix!r} do not exist; run: {command}",
+                f"squeal's tables for prefix {prefix!r} do not exist; run: {command}",
                 command=command,
             )
-        found = conn.execute(sa.select(self._version_table.c.version_num)).scalars().all()
+        found = _revisions(conn, inspector, f"{prefix}_alembic_version")
+        if not found and inspector.has_table(APPLICATION_VERSION_TABLE):
+            # Integrated mode: the application's alembic ran squeal's branch in its own table.
+            found = [
+                r
+                for r in _revisions(conn, inspector, APPLICATION_VERSION_TABLE)
+                if r.startswith("squeal_")
+            ]
         if found != [SCHEMA_REVISION]:
             raise SchemaOutOfDate(
-                f"squeal's tables are at revision {found or 'none'}; this squeal needs "
-                f"{SCHEMA_REVISION}; run: {command}",
+                f"squeal's tables for prefix {prefix!r} are at revision {found or 'unknown'}; "
+                f"this squeal needs {SCHEMA_REVISION}; run: {command}",
                 command=command,
             )
         self._schema_ok = True
+
+
+def _revisions(conn: sa.Connection, inspector: sa.Inspector, table: str) -> list[str]:
+    if not inspector.has_table(table):
+        return []
+    version = sa.table(table, sa.column("version_num", sa.String()))
+    return [str(v) for v in conn.execute(sa.select(version.c.version_num)).scalars()]
+
+
+class _Committing(CallerExecutor):
+    """The caller-style executor on a connection of ours from the engine: commit at the end."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        super().__init__(connection)
+        self._conn = connection
+
+    def commit(self) -> None:
+        self._conn.commit()

@@ -11,7 +11,8 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.errors import UnsupportedDatabase
-from squeal.schema import DEAD, READY, WAITING, Tables, in_state
+from squeal.executor import Executor
+from squeal.schema import DEAD, READY, WAITING, Tables, in_state, text_value
 
 
 class ClaimedRow(NamedTuple):
@@ -46,8 +47,8 @@ def promoted(m: sa.Table) -> dict[str, Any]:
 class Strategy:
     """How squeal talks to one kind of database.
 
-    The statements here are built once per queue; SQLAlchemy caches their compiled form, so the
-    hot path only binds parameters.
+    The statements here are built once per queue and run through an :class:`Executor`, which
+    compiles each once per dialect; the hot path only binds parameters.
     """
 
     #: Human name and the oldest server version squeal runs on.
@@ -58,8 +59,9 @@ class Strategy:
         self.dialect = dialect
         self.tables = tables
         m = self.m = tables.message
+        self._multirow_cache: dict[tuple[int, bool], Insert] = {}
         now = now_ms()
-        values = {
+        values = self._insert_values = {
             "topic": _param("topic"),
             "neg_priority": _param("neg_priority"),
             "state": _param("state"),
@@ -125,13 +127,32 @@ class Strategy:
 
     # -- what subclasses specialise -------------------------------------------------------------
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any]) -> Insert:
-        """An insert of ``values`` that skips a row whose (topic, dedup_key) is taken."""
+    #: Starts a transaction on one of squeal's autocommit connections.
+    begin_sql: ClassVar[str] = "BEGIN"
+    #: Whether a claim needs a transaction around its statements (one statement needs none).
+    claim_is_one_statement: ClassVar[bool] = False
+
+    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
+        """An insert of ``values`` (one row or several) that skips rows whose key is taken."""
         raise NotImplementedError
+
+    def configure(self, dbapi: Any) -> None:
+        """Set up a connection squeal manages: autocommit, so one statement is one round trip."""
+        raise NotImplementedError
+
+    def configure_claimer(self, dbapi: Any) -> Any:
+        """Set up a connection used for claims (the same kind as :meth:`configure` by default)."""
+        self.configure(dbapi)
+
+    @property
+    def separate_claim_connections(self) -> bool:
+        """True when claims need differently configured connections than other work."""
+        return False
 
     def server_version(self, connection: sa.Connection) -> tuple[int, ...]:
         """The server's version as a tuple of ints."""
-        return tuple(int(v) for v in (self.dialect.server_version_info or ()) if isinstance(v, int))
+        info = self.dialect.server_version_info or ()
+        return tuple(int(v) for v in info if isinstance(v, int))
 
     def check_server(self, connection: sa.Connection) -> None:
         """Raise UnsupportedDatabase when the server is too old for squeal."""
@@ -143,19 +164,16 @@ class Strategy:
                 f"squeal needs {self.label} {wanted} or newer (this server is {found})"
             )
 
-    def begin_claim(self, connection: sa.Connection) -> None:
-        """Prepare a fresh transaction for claiming (isolation level, locks)."""
-
     def after_migrate(self, connection: sa.Connection) -> None:
         """Database-level settings squeal needs once its tables exist."""
 
-    def is_retryable(self, error: sa.exc.DBAPIError) -> bool:
-        """True when ``error`` is transient (deadlock, lock timeout, busy) and worth a retry."""
-        return bool(error.connection_invalidated)
+    def is_retryable(self, error: BaseException) -> bool:
+        """True when the driver ``error`` is transient (deadlock, lock timeout, busy)."""
+        return False
 
     def claim(
         self,
-        connection: sa.Connection,
+        ex: Executor,
         *,
         topic: str,
         limit: int,
@@ -169,9 +187,9 @@ class Strategy:
         (delay over, backoff over, lease expired), then lease READY rows in index order.
         """
         params = {"in_topic": topic, "limit": limit, "max_attempts": max_attempts}
-        connection.execute(self._promote, params)
+        ex.count(self._promote, params)
         params.update(vt_ms=vt_ms, token=token)
-        rows = connection.execute(self._lease_ready, params).all()
+        rows = ex.rows(self._lease_ready, params)
         return sorted((ClaimedRow(*row) for row in rows), key=lambda r: (r.neg_priority, r.id))
 
     @cached_property
@@ -191,17 +209,30 @@ class Strategy:
 
     # -- shared machinery -----------------------------------------------------------------------
 
-    def insert(self, connection: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int | None]:
-        """Insert ``rows`` (parameter dicts); return each row's id, or None where deduplicated.
+    def insert(
+        self, ex: Executor, shared: dict[str, Any], rows: Sequence[dict[str, Any]]
+    ) -> list[int | None]:
+        """Insert messages that share ``shared`` (topic, priority, delay) in one statement.
 
-        Keys must already be unique within ``rows``.
+        ``rows`` hold each message's ``payload`` and ``dedup_key`` (keys unique within
+        ``rows``). Returns each row's id, or None where its key deduplicated it.
         """
         dedup = any(row["dedup_key"] is not None for row in rows)
-        if len(rows) == 1 or not self.dialect.insert_executemany_returning:
-            return [self._insert_one(connection, dedup, row) for row in rows]
-        stmt = self._returning[dedup][1]
-        returned = connection.execute(stmt, list(rows)).all()
-        by_key = {key: id_ for id_, key in returned if key is not None}
+        if len(rows) == 1:
+            values = {**shared, **rows[0]}
+            if not self.dialect.insert_returning:
+                stmt = self.insert_dedup if dedup else self.insert_plain
+                return [ex.insert(stmt, values)]
+            found = ex.rows(self._returning_id[dedup], values)
+            return [int(found[0][0]) if found else None]
+        if not self.dialect.insert_returning:
+            return [self.insert(ex, shared, [row])[0] for row in rows]
+        values = dict(shared)
+        for i, row in enumerate(rows):
+            values[f"payload_{i}"] = row["payload"]
+            values[f"dedup_key_{i}"] = row["dedup_key"]
+        returned = ex.rows(self._multirow(len(rows), dedup), values)
+        by_key = {text_value(key): id_ for id_, key in returned if key is not None}
         # Ids come from one sequence in VALUES order, so sorted ids follow the input order.
         plain = iter(sorted(id_ for id_, key in returned if key is None))
         return [
@@ -209,24 +240,32 @@ class Strategy:
             for row in rows
         ]
 
-    def _insert_one(
-        self, connection: sa.Connection, dedup: bool, row: dict[str, Any]
-    ) -> int | None:
-        if self.dialect.insert_returning:
-            found = connection.execute(self._returning[dedup][0], row).first()
-            return None if found is None else int(found[0])
-        stmt = self.insert_dedup if dedup else self.insert_plain
-        result = connection.execute(stmt, row)
-        return int(result.lastrowid) if result.rowcount else None
-
     @cached_property
-    def _returning(self) -> dict[bool, tuple[Insert, Insert]]:
-        """Per dedup flag: the insert returning its id, and returning (id, dedup_key)."""
+    def _returning_id(self) -> dict[bool, Insert]:
         m = self.m
         return {
-            dedup: (stmt.returning(m.c.id), stmt.returning(m.c.id, m.c.dedup_key))
-            for dedup, stmt in ((False, self.insert_plain), (True, self.insert_dedup))
+            False: self.insert_plain.returning(m.c.id),
+            True: self.insert_dedup.returning(m.c.id),
         }
+
+    def _multirow(self, n: int, dedup: bool) -> Insert:
+        """A cached INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
+        key = (n, dedup)
+        stmt = self._multirow_cache.get(key)
+        if stmt is None:
+            rows = [
+                {
+                    **self._insert_values,
+                    "payload": _param(f"payload_{i}", sa.LargeBinary()),
+                    "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=self.m.c.dedup_key.type),
+                }
+                for i in range(n)
+            ]
+            base = self.insert_ignoring_conflicts(rows) if dedup else sa.insert(self.m).values(rows)
+            stmt = base.returning(self.m.c.id, self.m.c.dedup_key)
+            if len(self._multirow_cache) < 64:
+                self._multirow_cache[key] = stmt
+        return stmt
 
 
 __all__ = ["ClaimedRow", "Strategy", "dead_on_expiry", "promoted", "promoted_state"]

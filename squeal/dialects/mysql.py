@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -13,6 +13,7 @@ from sqlalchemy.sql.dml import Insert
 from squeal.clock import now_ms
 from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
 from squeal.errors import UnsupportedDatabase
+from squeal.executor import Executor
 
 
 @compiles(now_ms, "mysql")
@@ -25,6 +26,16 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
 _MARIADB_MIN = (10, 6)
 #: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
 _RETRYABLE_ERRORS = frozenset({1205, 1213})
+
+
+class _Candidate(NamedTuple):
+    id: int
+    payload: bytes
+    neg_priority: int
+    attempts: int
+    enqueued_at: int
+    due: bool
+    dies: bool
 
 
 def _force_index(select: sa.Select[Any], table: sa.Table, index: str) -> sa.Select[Any]:
@@ -57,20 +68,34 @@ class MySQLStrategy(Strategy):
                 f"{'.'.join(map(str, version))})"
             )
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any]) -> Insert:
+    begin_sql: ClassVar[str] = "START TRANSACTION"
+
+    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
         # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
         return mysql.insert(self.m).values(values).prefix_with("IGNORE")
 
-    def begin_claim(self, connection: sa.Connection) -> None:
-        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    def configure(self, dbapi: Any) -> None:
+        dbapi.autocommit(True)
 
-    def is_retryable(self, error: sa.exc.DBAPIError) -> bool:
-        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-        return super().is_retryable(error) or code in _RETRYABLE_ERRORS
+    def configure_claimer(self, dbapi: Any) -> None:
+        # Claims keep a transaction open across SELECT and UPDATE: no autocommit, and READ
+        # COMMITTED for the whole session, set once.
+        dbapi.autocommit(False)
+        with dbapi.cursor() as cursor:
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        dbapi.commit()
+
+    @property
+    def separate_claim_connections(self) -> bool:
+        return True
+
+    def is_retryable(self, error: BaseException) -> bool:
+        args: tuple[Any, ...] = tuple(getattr(error, "args", ()))
+        return bool(args) and args[0] in _RETRYABLE_ERRORS
 
     def claim(
         self,
-        connection: sa.Connection,
+        ex: Executor,
         *,
         topic: str,
         limit: int,
@@ -79,18 +104,16 @@ class MySQLStrategy(Strategy):
         max_attempts: int,
     ) -> list[ClaimedRow]:
         params = {"in_topic": topic, "limit": limit, "max_attempts": max_attempts}
-        locked = connection.execute(self._candidates, params).all()
+        locked = [_Candidate(*row) for row in ex.rows(self._candidates, params)]
         live = [row for row in locked if not row.dies]
         live.sort(key=lambda r: (r.neg_priority, r.id))
         picked = live[:limit]
         picked_ids = {row.id for row in picked}
         if picked:
-            connection.execute(
-                self._lease, {"ids": list(picked_ids), "vt_ms": vt_ms, "token": token}
-            )
+            ex.count(self._lease, {"ids": list(picked_ids), "vt_ms": vt_ms, "token": token})
         promote = [row.id for row in locked if row.due and row.id not in picked_ids]
         if promote:
-            connection.execute(self._promote_ids, {"ids": promote, "max_attempts": max_attempts})
+            ex.count(self._promote_ids, {"ids": promote, "max_attempts": max_attempts})
         return [
             ClaimedRow(r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at)
             for r in picked

@@ -12,6 +12,7 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
+from squeal.executor import Executor
 
 
 @compiles(now_ms, "postgresql")
@@ -37,16 +38,21 @@ class PostgreSQLStrategy(Strategy):
     label: ClassVar[str] = "PostgreSQL"
     min_version: ClassVar[tuple[int, ...]] = (12,)
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any]) -> Insert:
+    #: The claim is one statement, so on an autocommit connection it is one round trip.
+    claim_is_one_statement: ClassVar[bool] = True
+
+    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
         return postgresql.insert(self.m).values(values).on_conflict_do_nothing()
 
-    def is_retryable(self, error: sa.exc.DBAPIError) -> bool:
-        sqlstate = getattr(error.orig, "sqlstate", None)
-        return super().is_retryable(error) or sqlstate in _RETRYABLE_SQLSTATES
+    def configure(self, dbapi: Any) -> None:
+        dbapi.autocommit = True
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
     def claim(
         self,
-        connection: sa.Connection,
+        ex: Executor,
         *,
         topic: str,
         limit: int,
@@ -61,7 +67,7 @@ class PostgreSQLStrategy(Strategy):
             "token": token,
             "max_attempts": max_attempts,
         }
-        rows = connection.execute(self._claim, params).all()
+        rows = ex.rows(self._claim, params)
         return sorted((ClaimedRow(*row) for row in rows), key=lambda r: (r.neg_priority, r.id))
 
     @cached_property

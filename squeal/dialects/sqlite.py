@@ -25,17 +25,24 @@ _BUSY_MESSAGES = ("database is locked", "database table is locked", "database is
 class SQLiteStrategy(Strategy):
     """SQLite has no SKIP LOCKED and no row locks: the database has one writer at a time.
 
-    Each claim therefore starts with a write statement, so the transaction takes the write lock
-    before it reads anything (the effect of BEGIN IMMEDIATE, without touching the user's engine
-    or its pysqlite transaction handling). A reader never upgrades to a writer, which is what
-    makes SQLite answer "database is locked" without waiting for the busy timeout.
+    Each claim therefore runs in BEGIN IMMEDIATE, taking the write lock before it reads
+    anything: a reader that later upgrades to a writer is what makes SQLite answer "database is
+    locked" at once instead of waiting out the busy timeout. The connections are squeal's own,
+    so the application's engine and its pysqlite transaction handling are never touched.
     """
 
     label: ClassVar[str] = "SQLite"
     min_version: ClassVar[tuple[int, ...]] = (3, 35)
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any]) -> Insert:
+    #: Takes the write lock before the claim reads anything.
+    begin_sql: ClassVar[str] = "BEGIN IMMEDIATE"
+
+    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
         return sqlite.insert(self.m).values(values).on_conflict_do_nothing()
+
+    def configure(self, dbapi: Any) -> None:
+        # No implicit BEGIN from the sqlite3 module: squeal issues BEGIN IMMEDIATE itself.
+        dbapi.isolation_level = None
 
     def after_migrate(self, connection: sa.Connection) -> None:
         # WAL lets readers run beside the single writer; it is a property of the file and
@@ -43,6 +50,6 @@ class SQLiteStrategy(Strategy):
         if connection.engine.url.database not in (None, "", ":memory:"):
             connection.exec_driver_sql("PRAGMA journal_mode=WAL").all()
 
-    def is_retryable(self, error: sa.exc.DBAPIError) -> bool:
-        text = str(error.orig).lower()
-        return super().is_retryable(error) or any(m in text for m in _BUSY_MESSAGES)
+    def is_retryable(self, error: BaseException) -> bool:
+        text = str(error).lower()
+        return any(m in text for m in _BUSY_MESSAGES)

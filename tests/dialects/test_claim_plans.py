@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from squeal import Queue
+from squeal.executor import add_statement_listener, remove_statement_listener
 
 BACKLOG = 5_000
 
@@ -32,14 +32,14 @@ def _claim_statements(queue: Queue) -> list[tuple[str, Any]]:
     """The statements (with their parameters) that one get() sends."""
     sent: list[tuple[str, Any]] = []
 
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        sent.append((statement, parameters))
+    def capture(statement: str, parameters: Any) -> None:
+        sent.append((statement, tuple(parameters) if isinstance(parameters, list) else parameters))
 
-    sa.event.listen(queue.engine, "before_cursor_execute", capture)
+    add_statement_listener(capture)
     try:
         assert queue.get("jobs") is not None
     finally:
-        sa.event.remove(queue.engine, "before_cursor_execute", capture)
+        remove_statement_listener(capture)
     return sent
 
 

@@ -1,6 +1,6 @@
 """The message table and its claim, due and dedup indexes.
 
-Revision ID: 0001
+Revision ID: squeal_0001
 Revises:
 Create Date: 2026-11-28
 """
@@ -13,7 +13,7 @@ from alembic import op
 from squeal.migrate import migration_prefix
 from squeal.schema import exact_text_type, id_type, payload_type
 
-revision = "0001"
+revision = "squeal_0001"
 down_revision = None
 branch_labels = ("squeal",)
 depends_on = None
