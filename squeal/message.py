@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from squeal import validation as check
 from squeal.errors import AlreadySettled
 
 if TYPE_CHECKING:
@@ -87,8 +88,9 @@ class Message:
             LeaseLost: another consumer re-claimed the message, or it is gone; nothing changed.
             AlreadySettled: this handle was already settled.
         """
+        conn = check.connection(connection)
         self._settle()
-        self._queue._ack([self], connection)
+        self._queue._ack([self], conn)
         self._settled = True
 
     def nack(self, *, delay: float | None = None) -> None:

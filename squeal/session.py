@@ -101,11 +101,14 @@ class Session:
         return self._retrying(work, self._stash, atomic=False, commit_on=None)
 
     def _in_callers(self, work: Callable[[Executor], T], connection: sa.Connection) -> T:
+        # Wrapped errors are raised outside the except block, so that neither __cause__ nor
+        # __context__ carries the original (whose text can include bound parameters).
         try:
             self._ensure_schema(connection)
             return work(CallerExecutor(connection))
         except sa.exc.SQLAlchemyError as error:
-            raise wrap(error, "squeal, in the caller's transaction") from None
+            failure = wrap(error, "squeal, in the caller's transaction")
+        raise failure
 
     def _retrying(
         self,
@@ -120,6 +123,7 @@ class Session:
         deadline = time.monotonic() + RETRY_SECONDS
         pause = 0.002
         while True:
+            failure: DatabaseError | None = None
             try:
                 with self._executor(stash, atomic) as ex:
                     try:
@@ -132,13 +136,18 @@ class Session:
                     return result
             except self._driver_errors() as error:
                 if not self._transient(error):
-                    raise wrap(error, "squeal") from None
-                if time.monotonic() + pause > deadline:
+                    failure = wrap(error, "squeal")
+                elif time.monotonic() + pause > deadline:
                     busy = wrap(error, f"squeal (retried for {RETRY_SECONDS:.0f}s)")
-                    raise DatabaseBusy(str(busy), retryable=True) from None
-                log.debug("squeal: transient database error, retrying: %s", type(error).__name__)
-                time.sleep(pause * (0.5 + random.random()))
-                pause = min(pause * 2, 0.25)
+                    failure = DatabaseBusy(str(busy), retryable=True)
+                else:
+                    log.debug(
+                        "squeal: transient database error, retrying: %s", type(error).__name__
+                    )
+                    time.sleep(pause * (0.5 + random.random()))
+                    pause = min(pause * 2, 0.25)
+            if failure is not None:
+                raise failure
 
     @contextmanager
     def _executor(self, stash: ConnectionStash | None, atomic: bool) -> Iterator[Executor]:
@@ -179,8 +188,10 @@ class Session:
             with self.engine.connect() as conn:
                 self._ensure_schema(conn)
                 conn.rollback()
+            return
         except sa.exc.SQLAlchemyError as error:
-            raise wrap(error, "squeal (checking its tables)") from None
+            failure = wrap(error, "squeal (checking its tables)")
+        raise failure
 
     def _ensure_schema(self, conn: sa.Connection) -> None:
         if self._schema_ok:
