@@ -21,8 +21,10 @@ from squeal.schema import SCHEMA_REVISION, Tables
 T = TypeVar("T")
 log = logging.getLogger("squeal")
 
-#: How long squeal keeps retrying a transient failure (deadlock, lock timeout, busy, reconnect).
+#: How long squeal keeps retrying a transient failure (deadlock, lock timeout, busy).
 RETRY_SECONDS = 30.0
+#: How often squeal reconnects and retries after a dropped connection before giving up.
+RECONNECT_ATTEMPTS = 3
 #: Pools whose connections cannot be detached: every checkout is the same connection.
 _SHARED_CONNECTION_POOLS = (sa.pool.StaticPool, sa.pool.SingletonThreadPool, sa.pool.AssertionPool)
 #: The version table an application's own alembic uses when it runs squeal's revisions.
@@ -122,6 +124,7 @@ class Session:
             self._check_schema()
         deadline = time.monotonic() + RETRY_SECONDS
         pause = 0.002
+        reconnects = 0
         while True:
             failure: DatabaseError | None = None
             try:
@@ -135,8 +138,12 @@ class Session:
                     ex.commit()
                     return result
             except self._driver_errors() as error:
-                if not self._transient(error):
+                disconnected = self._disconnected(error)
+                reconnects += disconnected
+                if not (disconnected or self._retryable(error)):
                     failure = wrap(error, "squeal")
+                elif reconnects > RECONNECT_ATTEMPTS:
+                    failure = wrap(error, f"squeal (after {RECONNECT_ATTEMPTS} reconnects)")
                 elif time.monotonic() + pause > deadline:
                     busy = wrap(error, f"squeal (retried for {RETRY_SECONDS:.0f}s)")
                     failure = DatabaseBusy(str(busy), retryable=True)
@@ -172,13 +179,18 @@ class Session:
             self._errors = (dbapi.Error, sa.exc.DBAPIError)
         return self._errors
 
-    def _transient(self, error: BaseException) -> bool:
+    def _disconnected(self, error: BaseException) -> bool:
+        """The connection is gone (it was discarded; the next attempt opens a new one)."""
         if isinstance(error, sa.exc.DBAPIError):
             if error.connection_invalidated:
                 return True
             error = error.orig or error
-        if self.engine.dialect.is_disconnect(error, None, None):  # type: ignore[arg-type]
-            return True
+        return bool(self.engine.dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
+
+    def _retryable(self, error: BaseException) -> bool:
+        """A deadlock, lock timeout or busy database: worth retrying until the deadline."""
+        if isinstance(error, sa.exc.DBAPIError):
+            error = error.orig or error
         return self.strategy.is_retryable(error)
 
     # -- schema ---------------------------------------------------------------------------------

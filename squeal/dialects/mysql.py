@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar, NamedTuple
 
@@ -12,7 +13,7 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
-from squeal.errors import UnsupportedDatabase
+from squeal.errors import PayloadTooLarge, UnsupportedDatabase
 from squeal.executor import Executor
 
 
@@ -24,6 +25,8 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
 
 
 _MARIADB_MIN = (10, 6)
+#: Room for the statement around a payload.
+_STATEMENT_MARGIN = 16 * 1024
 #: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
 _RETRYABLE_ERRORS = frozenset({1205, 1213})
 
@@ -57,7 +60,12 @@ class MySQLStrategy(Strategy):
     def _is_mariadb(self) -> bool:
         return bool(getattr(self.dialect, "is_mariadb", False))
 
+    #: The server's max_allowed_packet (read at the first use of a queue).
+    packet_limit: int | None = None
+
     def check_server(self, connection: sa.Connection) -> None:
+        limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+        self.packet_limit = int(limit) if limit is not None else None
         if not self._is_mariadb:
             super().check_server(connection)
             return
@@ -67,6 +75,23 @@ class MySQLStrategy(Strategy):
                 "squeal needs MariaDB 10.6 or newer for SKIP LOCKED (this server is "
                 f"{'.'.join(map(str, version))})"
             )
+
+    def insert(
+        self, ex: Executor, shared: dict[str, Any], rows: Sequence[dict[str, Any]]
+    ) -> list[int | None]:
+        # The server refuses (and PyMySQL then drops the connection on) a statement larger than
+        # max_allowed_packet; say so before sending it. Drivers send bytes as text, escaped or
+        # in hex, so a payload may take up to twice its size.
+        limit = self.packet_limit
+        if limit is not None:
+            for row in rows:
+                size = len(row["payload"])
+                if size * 2 + _STATEMENT_MARGIN > limit:
+                    raise PayloadTooLarge(
+                        f"a payload of {size} bytes does not fit the server's max_allowed_packet "
+                        f"({limit} bytes; payloads may use half of it): raise it on the server"
+                    )
+        return super().insert(ex, shared, rows)
 
     begin_sql: ClassVar[str] = "START TRANSACTION"
 
