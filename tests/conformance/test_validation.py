@@ -169,6 +169,13 @@ def test_one_bad_payload_in_the_middle_of_put_many_writes_nothing(
     assert q.stats() == {}
 
 
+def test_put_many_of_an_empty_list_returns_empty_without_sql(
+    queue: Queue, engine: sa.Engine
+) -> None:
+    with _no_sql(engine):
+        assert queue.put_many([], "t") == []
+
+
 def test_put_many_rejects_a_non_list_payloads_argument(queue: Queue, engine: sa.Engine) -> None:
     cases: list[Case] = [
         ("bytes", lambda: queue.put_many(b"abc", "t"), TYPE),
