@@ -16,8 +16,9 @@ from squeal.errors import (
     UnsupportedDatabase,
     ValidationError,
 )
-from squeal.message import DeadMessage, Message, TopicStats
+from squeal.message import DeadMessage, Message, PeekedMessage, TopicStats
 from squeal.queue import Queue
+from squeal.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidType",
     "LeaseLost",
     "Message",
+    "PeekedMessage",
     "PayloadTooLarge",
     "Queue",
     "SchemaError",
@@ -38,5 +40,6 @@ __all__ = [
     "TopicStats",
     "UnsupportedDatabase",
     "ValidationError",
+    "Worker",
     "__version__",
 ]

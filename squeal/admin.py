@@ -48,14 +48,13 @@ class AdminStatements:
             .select_from(m)
             .where(m.c.topic == sa.bindparam("in_topic"), self.ready)
         )
-        self.dead_list = (
-            sa.select(
-                m.c.id, m.c.topic, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at
-            )
-            .where(m.c.topic == sa.bindparam("in_topic"), self.dead)
-            .order_by(m.c.id)
-            .limit(sa.bindparam("limit"))
-        )
+        stored = sa.select(
+            m.c.id, m.c.topic, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at
+        ).limit(sa.bindparam("limit"))
+        topic = m.c.topic == sa.bindparam("in_topic")
+        #: Dead messages, oldest first; the next ready ones in delivery order (nothing leased).
+        self.dead_list = stored.where(topic, self.dead).order_by(m.c.id)
+        self.peek = stored.where(topic, self.ready).order_by(m.c.neg_priority, m.c.id)
         self.dead_ids = (
             sa.select(m.c.id)
             .where(m.c.topic == sa.bindparam("in_topic"), self.dead)

@@ -9,13 +9,19 @@ prefix), 1 for a failure (unreachable database, failed migration). Passwords are
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from squeal import Queue
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -279,6 +285,380 @@ def migrate_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- queue commands -----------------------------------------------------------------------------
+
+#: Exit status of ``get`` and ``peek`` when the topic has no ready message (scripts can loop).
+EXIT_EMPTY = 3
+
+
+@contextmanager
+def open_queue(args: argparse.Namespace, **options: object) -> Iterator[Queue]:
+    """A Queue on ``--url``/``--prefix`` whose database was reached; closed afterwards.
+
+    A missing schema is reported by the first operation (SchemaMissing names the command).
+    """
+    from squeal import Queue
+
+    url = database_url(args)
+    prefix = table_prefix(args)
+    if _sqlite_file_missing(url):
+        raise CommandError(
+            f"no SQLite file at {shown(url)}; create the queue with: "
+            f"squeal migrate --url '{shown(url)}' --prefix {prefix}"
+        )
+    with connected_engine(url) as engine:
+        queue = Queue(engine, prefix=prefix, **options)  # type: ignore[arg-type]
+        try:
+            yield queue
+        finally:
+            queue.close()
+
+
+def _payload_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--base64", action="store_true", help="print payloads as base64 (default: text if UTF-8)"
+    )
+    group.add_argument("--hex", action="store_true", help="print payloads as hex")
+
+
+def show_payload(data: bytes, args: argparse.Namespace) -> str:
+    """``data`` printable on one line: text when it is UTF-8, else ``base64:...``."""
+    if getattr(args, "hex", False):
+        return data.hex()
+    if not getattr(args, "base64", False):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if text.isprintable():
+                return text
+            return json.dumps(text)  # control characters escaped, quoted
+    return "base64:" + base64.b64encode(data).decode("ascii")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: columns padded, numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    ]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.rjust(w) if numeric[i] and row is not cells[0] else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _age(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command(
+    "stats",
+    help="messages per topic: ready, delayed, leased, dead, oldest age",
+    arguments=_stats_arguments,
+)
+def stats_command(args: argparse.Namespace) -> int:
+    """``squeal stats``."""
+    with open_queue(args) as queue:
+        stats = queue.stats()
+    if args.json:
+        print(json.dumps({topic: {**asdict(s), "total": s.total} for topic, s in stats.items()}))
+        return EXIT_OK
+    if not stats:
+        print("no messages")
+        return EXIT_OK
+    rows = [
+        (t, s.ready, s.delayed, s.leased, s.dead, _age(s.oldest_ready_age))
+        for t, s in stats.items()
+    ]
+    print(table(("topic", "ready", "delayed", "leased", "dead", "oldest"), rows))
+    return EXIT_OK
+
+
+def _put_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        default="-",
+        help="payload text, or - for stdin (default)",
+    )
+    parser.add_argument("--priority", type=int, default=0, help="higher is delivered first")
+    parser.add_argument("--delay", type=float, default=None, help="seconds before it is visible")
+    parser.add_argument("--dedup-key", default=None, help="skip if a live message has this key")
+
+
+@command("put", help="enqueue one message (DATA, or stdin with -)", arguments=_put_arguments)
+def put_command(args: argparse.Namespace) -> int:
+    """``squeal put TOPIC [DATA|-]``: prints the new id."""
+    data = sys.stdin.buffer.read() if args.data == "-" else os.fsencode(args.data)
+    with open_queue(args) as queue:
+        new_id = queue.put(
+            data, args.topic, priority=args.priority, delay=args.delay, dedup_key=args.dedup_key
+        )
+    print("deduplicated: a live message has this key" if new_id is None else new_id)
+    return EXIT_OK
+
+
+def _peek_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument("-n", "--limit", type=int, default=10, help="messages to show (default 10)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    _payload_arguments(parser)
+
+
+def _print_messages(args: argparse.Namespace, items: Sequence[Any], leased: bool = False) -> None:
+    if args.json:
+        for m in items:
+            record = {
+                "id": m.id,
+                "topic": m.topic,
+                "priority": m.priority,
+                "attempts": m.attempts,
+                "enqueued_at": m.enqueued_at.isoformat(),
+                "payload": show_payload(m.payload, args),
+            }
+            if leased:
+                record["lease_token"] = m.lease_token
+            print(json.dumps(record))
+        return
+    rows = [
+        (
+            m.id,
+            m.priority,
+            m.attempts,
+            m.enqueued_at.strftime("%Y-%m-%d %H:%M:%S"),
+            show_payload(m.payload, args),
+        )
+        for m in items
+    ]
+    print(table(("id", "priority", "attempts", "enqueued", "payload"), rows))
+
+
+@command(
+    "peek",
+    help="show the next ready messages of a topic without claiming them",
+    arguments=_peek_arguments,
+)
+def peek_command(args: argparse.Namespace) -> int:
+    """``squeal peek TOPIC``: exit 3 when nothing is ready."""
+    with open_queue(args) as queue:
+        found = queue.peek(args.topic, args.limit)
+    if not found:
+        print(f"no ready message in {args.topic!r}", file=sys.stderr)
+        return EXIT_EMPTY
+    _print_messages(args, found)
+    return EXIT_OK
+
+
+def _get_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument("-n", "--limit", type=int, default=1, help="messages to claim (default 1)")
+    parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a message")
+    parser.add_argument(
+        "--ack",
+        action="store_true",
+        help="ack what was printed (default: the lease expires and it is redelivered)",
+    )
+    parser.add_argument("--visibility-timeout", type=float, default=None, help="lease seconds")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    _payload_arguments(parser)
+
+
+@command(
+    "get", help="claim messages and print them (--ack to remove them)", arguments=_get_arguments
+)
+def get_command(args: argparse.Namespace) -> int:
+    """``squeal get TOPIC``: exit 3 when nothing was ready."""
+    with open_queue(args) as queue:
+        found = queue.get_many(
+            args.topic, args.limit, wait=args.wait, visibility_timeout=args.visibility_timeout
+        )
+        if not found:
+            print(f"no ready message in {args.topic!r}", file=sys.stderr)
+            return EXIT_EMPTY
+        _print_messages(args, found, leased=True)
+        sys.stdout.flush()
+        if args.ack:
+            queue.ack_many(found)
+    return EXIT_OK
+
+
+def _dead_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument(
+        "-n", "--limit", type=int, default=100, help="messages to show (default 100)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    _payload_arguments(parser)
+
+
+@command("dead", help="list the dead messages of a topic", arguments=_dead_arguments)
+def dead_command(args: argparse.Namespace) -> int:
+    """``squeal dead TOPIC``."""
+    with open_queue(args) as queue:
+        found = queue.dead(args.topic, args.limit)
+    if not found:
+        print(f"no dead message in {args.topic!r}", file=sys.stderr)
+        return EXIT_OK
+    _print_messages(args, found)
+    return EXIT_OK
+
+
+def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument("-n", "--limit", type=int, default=None, help="at most this many")
+
+
+@command(
+    "redrive", help="make the dead messages of a topic ready again", arguments=_redrive_arguments
+)
+def redrive_command(args: argparse.Namespace) -> int:
+    """``squeal redrive TOPIC``."""
+    with open_queue(args) as queue:
+        moved = queue.redrive(args.topic, args.limit)
+    print(f"redrove {moved} message(s) of {args.topic!r}")
+    return EXIT_OK
+
+
+def _purge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument("--dead-only", action="store_true", help="delete only dead messages")
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+
+@command(
+    "purge", help="delete the messages of a topic (asks unless --yes)", arguments=_purge_arguments
+)
+def purge_command(args: argparse.Namespace) -> int:
+    """``squeal purge TOPIC``."""
+    with open_queue(args) as queue:
+        what = "dead messages" if args.dead_only else "messages"
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CommandError("purge deletes messages: confirm with --yes", EXIT_USAGE)
+            stats = queue.stats().get(args.topic)
+            count = 0 if stats is None else (stats.dead if args.dead_only else stats.total)
+            answer = input(f"delete {count} {what} of {args.topic!r}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return EXIT_FAILURE
+        deleted = queue.purge(args.topic, dead_only=args.dead_only)
+    print(f"deleted {deleted} {what} of {args.topic!r}")
+    return EXIT_OK
+
+
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handler", metavar="MODULE:FUNCTION", help="the handler to import")
+    parser.add_argument(
+        "-t",
+        "--topic",
+        action="append",
+        dest="topics",
+        help="topic to consume (repeatable; default: default)",
+    )
+    parser.add_argument("-c", "--concurrency", type=int, default=1, help="handler threads")
+    parser.add_argument("--visibility-timeout", type=float, default=60.0, help="lease seconds")
+    parser.add_argument("--max-attempts", type=int, default=None, help="deliveries before dead")
+    parser.add_argument("--failure-base-delay", type=float, default=1.0, help="first backoff")
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight work on SIGTERM",
+    )
+    parser.add_argument(
+        "--ack-in-transaction",
+        action="store_true",
+        help="call handler(message, connection); the ack commits with its writes",
+    )
+
+
+@command(
+    "worker",
+    help="consume topics with a handler (module:function) until SIGTERM",
+    arguments=_worker_arguments,
+)
+def worker_command(args: argparse.Namespace) -> int:
+    """``squeal worker module:function``: logs one line per failure; exit 0 after a clean stop."""
+    import logging
+
+    from squeal.worker import Worker, load_handler
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # handlers next to the current folder, like python -m
+    try:
+        handler = load_handler(args.handler)
+    except (ImportError, AttributeError) as exc:
+        raise CommandError(f"cannot load handler {args.handler!r}: {exc}", EXIT_USAGE) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    options = {
+        "visibility_timeout": args.visibility_timeout,
+        "max_attempts": args.max_attempts,
+        "failure_base_delay": args.failure_base_delay,
+    }
+    with open_queue(args, **options) as queue:
+        worker = Worker(
+            queue,
+            handler,
+            args.topics or ["default"],
+            concurrency=args.concurrency,
+            grace_period=args.grace_period,
+            ack_in_transaction=args.ack_in_transaction,
+        )
+        print(
+            f"squeal worker: consuming {', '.join(worker.topics)} with {args.handler}",
+            file=sys.stderr,
+            flush=True,
+        )
+        stats = worker.run()
+    print(
+        f"squeal worker: stopped ({stats.acked} acked, {stats.failed} failed, "
+        f"{stats.released} released)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--messages", type=int, default=600, help="messages to produce (default 600)"
+    )
+    parser.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the demo's tables afterwards")
+
+
+@command(
+    "demo",
+    help="watch producers, consumers, retries and a dead letter (SQLite by default)",
+    arguments=_demo_arguments,
+)
+def demo_command(args: argparse.Namespace) -> int:
+    """``squeal demo``: see squeal/demo.py."""
+    from squeal import demo
+
+    return demo.run(args)
+
+
 # -- entry point ----------------------------------------------------------------------------------
 
 
@@ -353,6 +733,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report("interrupted", secret)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (squeal ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -142,8 +142,8 @@ class Message:
 
 
 @dataclass(frozen=True)
-class DeadMessage:
-    """A message that used up its attempts: it is never delivered again unless redriven."""
+class StoredMessage:
+    """A message as stored, read without leasing it."""
 
     id: int
     topic: str
@@ -151,6 +151,14 @@ class DeadMessage:
     priority: int
     attempts: int
     enqueued_at: datetime
+
+
+class DeadMessage(StoredMessage):
+    """A message that used up its attempts: it is never delivered again unless redriven."""
+
+
+class PeekedMessage(StoredMessage):
+    """A ready message seen by :meth:`Queue.peek`, without claiming it."""
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import secrets
+import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -15,9 +16,12 @@ from squeal.admin import AdminStatements
 from squeal.dialects import strategy_for
 from squeal.errors import InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
-from squeal.message import DeadMessage, Message, TopicStats, from_ms
+from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
 from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session
+from squeal.waiting import RECHECK, Poller, waiter_for
+
+S = TypeVar("S", bound=StoredMessage)
 
 #: Stands for "no limit" in SQL that compares attempts (max_attempts=None).
 _UNLIMITED_ATTEMPTS = 2**31 - 1
@@ -38,6 +42,8 @@ class Queue:
         max_failure_delay: upper bound of the backoff.
         max_attempts: deliveries before a failing message becomes dead; None means unlimited.
         max_payload_size: largest payload in bytes (default 1 MiB, at most 512 MiB).
+        notify: PostgreSQL only: puts send a wake-up notification and ``get(wait=...)``
+            listens for it on a dedicated connection (False: plain polling, no NOTIFY).
 
     Raises:
         ValueError / TypeError (squeal.ValidationError / squeal.InvalidType): a bad option.
@@ -55,6 +61,7 @@ class Queue:
         max_failure_delay: float = 3600.0,
         max_attempts: int | None = None,
         max_payload_size: int = 1_048_576,
+        notify: bool = True,
     ) -> None:
         if not isinstance(engine, sa.Engine):
             raise InvalidType(f"engine must be a sqlalchemy Engine, not {type(engine).__name__}")
@@ -74,6 +81,9 @@ class Queue:
         self._strategy = strategy_for(engine, self._tables)
         self._admin = AdminStatements(self._tables)
         self._session = Session(engine, self._strategy, self._tables)
+        self._strategy.notify = bool(notify)
+        self._waiter: Poller | None = None
+        self._waiter_lock = threading.Lock()
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -97,6 +107,10 @@ class Queue:
     def close(self) -> None:
         """Close the database connections this queue keeps (it reopens them if used again)."""
         self._session.close()
+        with self._waiter_lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -268,14 +282,23 @@ class Queue:
         )
         wait = check.seconds(wait, "wait")
         deadline = time.monotonic() + wait
-        pause = 0.01
+        waiter = self._waiting() if wait > 0 else None
+        pause = 0.0 if waiter is None else waiter.first_pause
         while True:
+            mark = 0 if waiter is None else waiter.mark()
             messages = self._claim(topic, limit, check.to_ms(vt))
             remaining = deadline - time.monotonic()
-            if messages or remaining <= 0:
+            if messages or remaining <= 0 or waiter is None:
                 return messages
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.5)
+            waiter.wait(mark, min(pause, remaining))
+            pause = min(pause * 2, RECHECK)
+
+    def _waiting(self) -> Poller:
+        """How this queue waits for messages (a LISTEN connection on PostgreSQL)."""
+        with self._waiter_lock:
+            if self._waiter is None:
+                self._waiter = waiter_for(self.engine, self._strategy.wake_channel)
+            return self._waiter
 
     def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:
         token = secrets.randbits(63)
@@ -444,18 +467,9 @@ class Queue:
             "limit": check.count(limit, "limit"),
             "max_attempts": self._max_attempts,
         }
-        rows = self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
-        return [
-            DeadMessage(
-                id=id_,
-                topic=text_value(topic_),
-                payload=bytes(payload),
-                priority=-neg_priority,
-                attempts=attempts,
-                enqueued_at=from_ms(enqueued_at),
-            )
-            for id_, topic_, payload, neg_priority, attempts, enqueued_at in rows
-        ]
+        return _stored(
+            DeadMessage, self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
+        )
 
     def redrive(self, topic: str = "default", limit: int | None = None) -> int:
         """Make dead messages of ``topic`` ready again, attempts reset; return how many."""
@@ -478,11 +492,36 @@ class Queue:
                 break
         return total
 
+    def peek(self, topic: str = "default", limit: int = 10) -> list[PeekedMessage]:
+        """The next ready messages of ``topic`` in delivery order, without claiming them."""
+        params = {
+            "in_topic": check.text(topic, "topic"),
+            "limit": check.count(limit, "limit", maximum=10_000),
+            "max_attempts": self._max_attempts,
+        }
+        return _stored(
+            PeekedMessage, self._session.read(lambda ex: ex.rows(self._admin.peek, params))
+        )
+
     def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
         """Delete every message of ``topic`` (or only its dead ones); return how many."""
         params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
         stmt = self._admin.purge_dead if dead_only else self._admin.purge_all
         return int(self._session.write(lambda ex: ex.count(stmt, params)))
+
+
+def _stored(cls: type[S], rows: list[Any]) -> list[S]:
+    return [
+        cls(
+            id=id_,
+            topic=text_value(topic),
+            payload=bytes(payload),
+            priority=-neg_priority,
+            attempts=attempts,
+            enqueued_at=from_ms(enqueued_at),
+        )
+        for id_, topic, payload, neg_priority, attempts, enqueued_at in rows
+    ]
 
 
 def _expect(done: int, messages: Sequence[Message]) -> None:

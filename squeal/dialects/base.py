@@ -59,7 +59,7 @@ class Strategy:
         self.dialect = dialect
         self.tables = tables
         m = self.m = tables.message
-        self._multirow_cache: dict[tuple[int, bool], Insert] = {}
+        self._multirow_cache: dict[tuple[int, bool], sa.Executable] = {}
         now = now_ms()
         values = self._insert_values = {
             "topic": _param("topic"),
@@ -241,14 +241,26 @@ class Strategy:
         ]
 
     @cached_property
-    def _returning_id(self) -> dict[bool, Insert]:
+    def _returning_id(self) -> dict[bool, sa.Executable]:
         m = self.m
         return {
-            False: self.insert_plain.returning(m.c.id),
-            True: self.insert_dedup.returning(m.c.id),
+            False: self.announced(self.insert_plain.returning(m.c.id)),
+            True: self.announced(self.insert_dedup.returning(m.c.id)),
         }
 
-    def _multirow(self, n: int, dedup: bool) -> Insert:
+    #: Whether puts announce new messages (the Queue's ``notify`` option).
+    notify: bool = True
+
+    @property
+    def wake_channel(self) -> str | None:
+        """The channel puts announce ready messages on; None when consumers poll."""
+        return None
+
+    def announced(self, insert: Insert) -> sa.Executable:
+        """The INSERT ... RETURNING a put runs; PostgreSQL adds its wake-up notification."""
+        return insert
+
+    def _multirow(self, n: int, dedup: bool) -> sa.Executable:
         """A cached INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
         key = (n, dedup)
         stmt = self._multirow_cache.get(key)
@@ -262,7 +274,7 @@ class Strategy:
                 for i in range(n)
             ]
             base = self.insert_ignoring_conflicts(rows) if dedup else sa.insert(self.m).values(rows)
-            stmt = base.returning(self.m.c.id, self.m.c.dedup_key)
+            stmt = self.announced(base.returning(self.m.c.id, self.m.c.dedup_key))
             if len(self._multirow_cache) < 64:
                 self._multirow_cache[key] = stmt
         return stmt

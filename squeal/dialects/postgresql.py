@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -46,6 +47,35 @@ class PostgreSQLStrategy(Strategy):
 
     def configure(self, dbapi: Any) -> None:
         dbapi.autocommit = True
+
+    # -- wake-up notifications (see squeal/waiting.py) ------------------------------------------
+
+    @property
+    def wake_channel(self) -> str | None:
+        """``PREFIX_wake``: a valid identifier, since the prefix is one."""
+        return f"{self.tables.prefix}_wake" if self.notify else None
+
+    def insert(
+        self, ex: Executor, shared: dict[str, Any], rows: Sequence[dict[str, Any]]
+    ) -> list[int | None]:
+        # Only messages visible now wake consumers; a delayed put binds no channel.
+        wake = self.wake_channel if shared["delay_ms"] == 0 else None
+        return super().insert(ex, {**shared, "wake": wake}, rows)
+
+    def announced(self, insert: Insert) -> sa.Executable:
+        """``WITH ins AS (INSERT ... RETURNING ...) SELECT ... FROM ins WHERE <notify>``.
+
+        The NOTIFY rides in the INSERT's own statement, so a put stays one round trip; it is
+        delivered when the statement commits, and PostgreSQL sends identical notifications of
+        one transaction once.
+        """
+        ins = insert.cte("ins")
+        wake = sa.bindparam("wake", type_=sa.Text())
+        notify = sa.case(
+            (wake.is_not(None), sa.cast(sa.func.pg_notify(wake, sa.bindparam("topic")), sa.Text)),
+            else_="",
+        )
+        return sa.select(*ins.c).where(notify.is_not(None))
 
     def is_retryable(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) in _RETRYABLE_SQLSTATES

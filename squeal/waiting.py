@@ -1,0 +1,146 @@
+"""How ``get(wait=...)`` waits: for a wake-up notification, or by polling with backoff.
+
+PostgreSQL puts announce ready messages on a channel (see ``PostgreSQLStrategy.announced``);
+a :class:`Listener` keeps one dedicated connection per queue that LISTENs on it. Notifications
+only shorten the wait: a consumer re-checks at least every :data:`RECHECK` seconds, so a missed
+notification (listener reconnecting, a put with ``notify=False``) delays a message, never loses
+it. Databases without notifications use a :class:`Poller`.
+
+Usage from a wait loop: take ``mark()`` *before* a claim that found nothing, then
+``wait(mark, timeout)``; a notification that arrived since the mark returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import suppress
+from typing import Any
+
+import sqlalchemy as sa
+
+#: Longest pause between two claims while waiting (the fallback when notifications are missed).
+RECHECK = 0.5
+#: First pause of the polling backoff, doubled up to RECHECK.
+FIRST_POLL = 0.01
+
+
+class Poller:
+    """Waits by sleeping; the wait loop claims again after each pause."""
+
+    first_pause: float = FIRST_POLL
+
+    def mark(self) -> int:
+        """A token for :meth:`wait` (polling has nothing to remember)."""
+        return 0
+
+    def wait(self, mark: int, timeout: float) -> None:
+        """Sleep ``timeout`` seconds."""
+        if timeout > 0:
+            time.sleep(timeout)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class Listener(Poller):
+    """One LISTEN connection shared by every thread waiting on one queue.
+
+    One thread at a time reads notifications from the connection; the others wait on a
+    condition that the reader signals. Each notification bumps a generation counter, which is
+    what :meth:`mark` returns.
+    """
+
+    first_pause: float = RECHECK
+
+    def __init__(self, engine: sa.Engine, channel: str) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._cond = threading.Condition()
+        self._reading = False
+        self._generation = 0
+        self._dbapi: Any = None
+        self._pid = os.getpid()
+
+    def mark(self) -> int:
+        """The current generation; also starts listening, so later puts are not missed."""
+        with self._cond:
+            if self._dbapi is None or self._pid != os.getpid():
+                self._connect()
+            return self._generation
+
+    def wait(self, mark: int, timeout: float) -> None:
+        """Return when a notification came after ``mark``, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                remaining = deadline - time.monotonic()
+                if self._generation != mark or remaining <= 0:
+                    return
+                if not self._reading and self._dbapi is not None:
+                    self._reading = True
+                    break
+                if self._dbapi is None:
+                    self._cond.wait(remaining)  # listener broken: plain polling until reopened
+                    return
+                self._cond.wait(remaining)
+        woke = False
+        try:
+            woke = self._read(remaining)
+        finally:
+            with self._cond:
+                self._reading = False
+                if woke:
+                    self._generation += 1
+                self._cond.notify_all()
+
+    def _read(self, timeout: float) -> bool:
+        """True when at least one notification arrived within ``timeout``."""
+        dbapi = self._dbapi
+        try:
+            for _ in dbapi.notifies(timeout=timeout, stop_after=1):
+                return True
+        except Exception:  # a broken listener: drop it; the wait loop keeps polling
+            with self._cond:
+                if self._dbapi is dbapi:
+                    self._dbapi = None
+            with suppress(Exception):
+                dbapi.close()
+        return False
+
+    def _connect(self) -> None:
+        if self._pid != os.getpid():
+            self._dbapi = None  # a forked child must not read its parent's socket
+            self._pid = os.getpid()
+        try:
+            fairy = self._engine.raw_connection()
+            fairy.detach()
+            dbapi: Any = fairy.dbapi_connection
+            if not hasattr(dbapi, "notifies"):  # a driver without psycopg 3's notifies()
+                with suppress(Exception):
+                    dbapi.close()
+                return
+            dbapi.autocommit = True
+            quoted = '"' + self._channel.replace('"', '""') + '"'
+            dbapi.execute(f"LISTEN {quoted}")
+        except Exception:  # unreachable now: poll; the next mark() tries again
+            return
+        self._dbapi = dbapi
+
+    def close(self) -> None:
+        """Close the LISTEN connection (reopened by the next wait)."""
+        with self._cond:
+            dbapi, self._dbapi = self._dbapi, None
+            self._cond.notify_all()
+        if dbapi is not None and self._pid == os.getpid():
+            with suppress(Exception):
+                dbapi.close()
+
+
+def waiter_for(engine: sa.Engine, channel: str | None) -> Poller:
+    """A Listener when the database announces puts on ``channel``, else a Poller."""
+    return Poller() if channel is None else Listener(engine, channel)
+
+
+__all__ = ["RECHECK", "Listener", "Poller", "waiter_for"]

@@ -1,0 +1,163 @@
+"""Every ``squeal`` queue command through its installed entry point, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from squeal import Queue
+
+SQUEAL = str(Path(sys.executable).with_name("squeal"))
+
+
+def squeal(*args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [SQUEAL, *args],
+        input=stdin.decode("latin-1"),
+        capture_output=True,
+        text=True,
+        encoding="latin-1",
+        timeout=timeout,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+@pytest.fixture
+def cli(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``squeal`` on this test's database and prefix (tables created)."""
+    make_queue()
+
+    def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+        return squeal(*args, "--url", db_url, "--prefix", prefix, stdin=stdin)
+
+    return run
+
+
+def test_put_peek_get_ack_and_stats(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    put = cli("put", "jobs", "low")
+    assert put.returncode == 0, put.stderr
+    assert cli("put", "jobs", "high", "--priority", "5").returncode == 0
+    assert cli("put", "jobs", "later", "--delay", "60").returncode == 0
+    stats = cli("stats", "--json")
+    assert stats.returncode == 0
+    assert json.loads(stats.stdout)["jobs"]["ready"] == 2
+    assert json.loads(stats.stdout)["jobs"]["delayed"] == 1
+    table = cli("stats")
+    assert table.stdout.split()[:6] == ["topic", "ready", "delayed", "leased", "dead", "oldest"]
+    peek = cli("peek", "jobs", "--json")
+    assert [json.loads(line)["payload"] for line in peek.stdout.splitlines()] == ["high", "low"]
+    got = cli("get", "jobs", "--ack", "--json")
+    assert got.returncode == 0
+    assert json.loads(got.stdout)["payload"] == "high"
+    assert cli("get", "jobs", "--ack").returncode == 0
+    empty = cli("get", "jobs")
+    assert empty.returncode == 3
+    assert cli("peek", "jobs").returncode == 3
+    left = make_queue().stats()["jobs"]
+    assert (left.ready, left.delayed) == (0, 1)
+
+
+def test_put_reads_stdin_and_binary_payloads_print_as_base64(
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    assert cli("put", "bin", "-", stdin=b"\xff\x00\x01").returncode == 0
+    got = cli("get", "bin", "--ack")
+    assert "base64:/wAB" in got.stdout
+
+
+def test_put_with_a_taken_dedup_key_enqueues_nothing(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    assert cli("put", "jobs", "x", "--dedup-key", "k").returncode == 0
+    again = cli("put", "jobs", "y", "--dedup-key", "k")
+    assert again.returncode == 0
+    assert "deduplicated" in again.stdout
+    assert make_queue().size("jobs") == 1
+
+
+def test_dead_redrive_and_purge(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    q = make_queue(max_attempts=1)
+    q.put(b"poison", "jobs")
+    msg = q.get("jobs")
+    assert msg is not None
+    msg.nack()
+    dead = cli("dead", "jobs", "--json")
+    assert dead.returncode == 0
+    assert json.loads(dead.stdout)["payload"] == "poison"
+    redrive = cli("redrive", "jobs")
+    assert "redrove 1" in redrive.stdout
+    assert q.size("jobs") == 1
+    refused = cli("purge", "jobs")
+    assert refused.returncode == 2
+    assert q.size("jobs") == 1
+    purged = cli("purge", "jobs", "--yes")
+    assert purged.returncode == 0
+    assert "deleted 1" in purged.stdout
+    assert q.stats() == {}
+
+
+def test_missing_schema_names_the_migrate_command(db_url: str, prefix: str) -> None:
+    done = squeal("stats", "--url", db_url, "--prefix", prefix)
+    assert done.returncode == 1
+    assert "squeal migrate" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_worker_with_an_unknown_handler_is_a_usage_error(
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    done = cli("worker", "no_such_module:handle")
+    assert done.returncode == 2
+    assert "cannot load handler" in done.stderr
+
+
+def test_bad_url_is_a_usage_error() -> None:
+    done = squeal("stats", "--url", "nonsense://")
+    assert done.returncode == 2
+    assert done.stderr.startswith("squeal: error:")
+
+
+def test_unreachable_database_is_one_line() -> None:
+    done = squeal("stats", "--url", "postgresql+psycopg://nobody:hunter22@127.0.0.1:1/x")
+    assert done.returncode == 1
+    assert "unreachable" in done.stderr
+    assert "hunter22" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    done = squeal("get", "jobs", "--url", f"sqlite:///{path}")
+    assert done.returncode == 1
+    assert "squeal migrate" in done.stderr
+    assert not path.exists()
+
+
+def test_demo_completes_on_sqlite(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [SQUEAL, "demo"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dead letter" in done.stdout
+    assert "redriven" in done.stdout
+    assert "msg/s" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing left behind in the current folder

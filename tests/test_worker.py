@@ -1,0 +1,257 @@
+"""The worker: heartbeats, crashes, graceful stop, failures and ack_in_transaction (all databases).
+
+Process tests run ``squeal worker tests.test_worker:record`` through the real CLI entry point;
+the handler appends ``start ID`` / ``done ID`` lines to ``$SQUEAL_TEST_OUT`` and sleeps
+``$SQUEAL_TEST_SLEEP`` seconds in between.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from squeal import Message, Queue
+from squeal.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(message: Message) -> None:
+    """Handler for the worker processes (see the module docstring)."""
+    out = Path(os.environ["SQUEAL_TEST_OUT"])
+    with out.open("a") as f:
+        f.write(f"start {message.id}\n")
+    time.sleep(float(os.environ.get("SQUEAL_TEST_SLEEP", "0")))
+    with out.open("a") as f:
+        f.write(f"done {message.id}\n")
+
+
+def _worker_process(
+    db_url: str, prefix: str, out: Path, sleep: float, *options: str
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SQUEAL_TEST_OUT": str(out), "SQUEAL_TEST_SLEEP": str(sleep)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "squeal.cli",
+            "worker",
+            "tests.test_worker:record",
+            "--url",
+            db_url,
+            "--prefix",
+            prefix,
+            "--topic",
+            "jobs",
+            *options,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _lines(out: Path) -> list[str]:
+    return out.read_text().splitlines() if out.exists() else []
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[Worker], threading.Thread]]:
+    """Run workers on threads; stop and join them at teardown."""
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(worker: Worker) -> threading.Thread:
+        thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+        thread.start()
+        started.append((worker, thread))
+        return thread
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(timeout=30)
+        worker.queue.close()
+
+
+def test_heartbeat_keeps_a_long_handlers_lease(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    q = make_queue(visibility_timeout=1.0)
+    rival = make_queue(visibility_timeout=1.0)
+    q.put(b"long job", "jobs")
+    deliveries: list[int] = []
+
+    def slow(msg: Message) -> None:
+        deliveries.append(msg.id)
+        time.sleep(3.0)  # three visibility timeouts
+
+    worker = Worker(q, slow, "jobs", wait=0.2)
+    running(worker)
+    _wait_for(lambda: bool(deliveries))
+    stolen = rival.get("jobs", wait=3.0)
+    rival.close()
+    _wait_for(lambda: worker.stats.acked == 1)
+    assert stolen is None
+    assert deliveries == deliveries[:1]
+    assert q.stats() == {}
+
+
+def test_handler_exception_nacks_and_the_message_is_retried(
+    make_queue: Callable[..., Queue],
+    running: Callable[[Worker], threading.Thread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    q = make_queue(failure_base_delay=0.1)
+    q.put(b"secret payload", "jobs")
+    attempts: list[int] = []
+
+    def flaky(msg: Message) -> None:
+        attempts.append(msg.attempts)
+        if msg.attempts == 1:
+            raise RuntimeError("gateway timeout")
+
+    worker = Worker(q, flaky, "jobs", wait=0.2)
+    with caplog.at_level("WARNING", logger="squeal.worker"):
+        running(worker)
+        _wait_for(lambda: worker.stats.acked == 1)
+    assert attempts == [1, 2]
+    assert worker.stats.failed == 1
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert "gateway timeout" in failures[0]
+    assert "secret payload" not in caplog.text
+
+
+def test_concurrency_claims_batches_for_free_threads(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    q = make_queue()
+    q.put_many([str(i).encode() for i in range(40)], "jobs")
+    seen: list[bytes] = []
+    lock = threading.Lock()
+    busy = [0]
+    most = [0]
+
+    def handle(msg: Message) -> None:
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.05)
+        with lock:
+            busy[0] -= 1
+            seen.append(msg.payload)
+
+    worker = Worker(q, handle, "jobs", concurrency=4, wait=0.2)
+    running(worker)
+    _wait_for(lambda: worker.stats.acked == 40)
+    assert sorted(seen) == sorted(str(i).encode() for i in range(40))
+    assert 1 < most[0] <= 4
+
+
+def test_ack_in_transaction_commits_the_handlers_writes_exactly_once(
+    make_queue: Callable[..., Queue],
+    running: Callable[[Worker], threading.Thread],
+    engine: sa.Engine,
+    prefix: str,
+) -> None:
+    q = make_queue(failure_base_delay=0.1)
+    effects = sa.Table(
+        f"{prefix}_effects",
+        sa.MetaData(),
+        sa.Column("msg_id", sa.Integer),
+        sa.Column("n", sa.Integer),
+    )
+    effects.create(engine)
+    try:
+        ids = q.put_many([b"a", b"b", b"c"], "jobs")
+
+        def handle(msg: Message, conn: sa.Connection) -> None:
+            conn.execute(effects.insert().values(msg_id=msg.id, n=msg.attempts))
+            if msg.attempts == 1 and msg.payload == b"b":
+                raise RuntimeError("fails after writing: the write must roll back")
+
+        worker = Worker(q, handle, "jobs", wait=0.2, ack_in_transaction=True)
+        running(worker)
+        _wait_for(lambda: worker.stats.acked == 3)
+        with engine.connect() as conn:
+            rows = sorted(tuple(r) for r in conn.execute(sa.select(effects)))
+        assert rows == sorted([(ids[0], 1), (ids[1], 2), (ids[2], 1)])
+        assert q.stats() == {}
+    finally:
+        effects.drop(engine)
+
+
+def test_killed_worker_process_message_is_redelivered(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str, tmp_path: Path
+) -> None:
+    q = make_queue()
+    msg_id = q.put(b"job", "jobs")
+    out = tmp_path / "out.txt"
+    child = _worker_process(db_url, prefix, out, 60, "--visibility-timeout", "1")
+    try:
+        _wait_for(lambda: f"start {msg_id}" in _lines(out))
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    again = q.get("jobs", wait=10)
+    q.close()
+    assert again is not None
+    assert again.id == msg_id
+    assert again.attempts == 2
+    again.ack()
+
+
+def test_sigterm_finishes_the_in_flight_message_within_the_grace_period(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str, tmp_path: Path
+) -> None:
+    q = make_queue()
+    msg_id = q.put(b"job", "jobs")
+    out = tmp_path / "out.txt"
+    child = _worker_process(db_url, prefix, out, 1.0, "--grace-period", "20")
+    _wait_for(lambda: f"start {msg_id}" in _lines(out))
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err.decode()
+    assert _lines(out) == [f"start {msg_id}", f"done {msg_id}"]
+    assert q.stats() == {}
+    q.close()
+
+
+def test_sigterm_releases_a_message_still_running_after_the_grace_period(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str, tmp_path: Path
+) -> None:
+    q = make_queue()
+    msg_id = q.put(b"job", "jobs")
+    out = tmp_path / "out.txt"
+    child = _worker_process(db_url, prefix, out, 60, "--grace-period", "0.5")
+    _wait_for(lambda: f"start {msg_id}" in _lines(out))
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err.decode()
+    assert b"released 1" in err
+    back = q.get("jobs")  # released: ready at once, not after the 60 s lease
+    q.close()
+    assert back is not None
+    assert back.id == msg_id
+    assert back.attempts == 1
+    back.ack()
