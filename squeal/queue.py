@@ -19,7 +19,7 @@ from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
 from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session
-from squeal.waiting import RECHECK, Poller, waiter_for
+from squeal.waiting import Poller, waiter_for
 
 S = TypeVar("S", bound=StoredMessage)
 
@@ -291,7 +291,7 @@ class Queue:
             if messages or remaining <= 0 or waiter is None:
                 return messages
             waiter.wait(mark, min(pause, remaining))
-            pause = min(pause * 2, RECHECK)
+            pause = min(pause * 2, waiter.max_pause)
 
     def _waiting(self) -> Poller:
         """How this queue waits for messages (a LISTEN connection on PostgreSQL)."""

@@ -22,14 +22,17 @@ import sqlalchemy as sa
 
 #: Longest pause between two claims while waiting (the fallback when notifications are missed).
 RECHECK = 0.5
-#: First pause of the polling backoff, doubled up to RECHECK.
+#: First pause of the polling backoff, doubled up to POLL_CAP.
 FIRST_POLL = 0.01
+#: Longest pause between two polls: a put is seen within 0.1 s (an empty claim is cheap).
+POLL_CAP = 0.1
 
 
 class Poller:
     """Waits by sleeping; the wait loop claims again after each pause."""
 
     first_pause: float = FIRST_POLL
+    max_pause: float = POLL_CAP
 
     def mark(self) -> int:
         """A token for :meth:`wait` (polling has nothing to remember)."""
@@ -53,6 +56,7 @@ class Listener(Poller):
     """
 
     first_pause: float = RECHECK
+    max_pause: float = RECHECK
 
     def __init__(self, engine: sa.Engine, channel: str) -> None:
         self._engine = engine
