@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from contextlib import suppress
 from typing import Any
 
@@ -125,6 +126,8 @@ class Listener(Poller):
                 with suppress(Exception):
                     dbapi.close()
                 return
+            # A queue dropped without close() still closes its LISTEN connection.
+            weakref.finalize(self, _close_quietly, dbapi)
             dbapi.autocommit = True
             quoted = '"' + self._channel.replace('"', '""') + '"'
             dbapi.execute(f"LISTEN {quoted}")
@@ -140,6 +143,11 @@ class Listener(Poller):
         if dbapi is not None and self._pid == os.getpid():
             with suppress(Exception):
                 dbapi.close()
+
+
+def _close_quietly(dbapi: Any) -> None:
+    with suppress(Exception):
+        dbapi.close()
 
 
 def waiter_for(engine: sa.Engine, channel: str | None) -> Poller:

@@ -150,6 +150,8 @@ def make_queue(engine: sa.Engine, prefix: str) -> Iterator[Callable[..., Queue]]
     yield make
     if created:
         created[0].destroy()
+    for q in created:
+        q.close()
 
 
 @pytest.fixture
