@@ -6,7 +6,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -18,7 +18,7 @@ from squeal.errors import InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
 from squeal.schema import READY, WAITING, build_tables, text_value
-from squeal.session import Session
+from squeal.session import Session, wrap
 from squeal.waiting import Poller, waiter_for
 
 S = TypeVar("S", bound=StoredMessage)
@@ -115,18 +115,40 @@ class Queue:
     # -- schema ---------------------------------------------------------------------------------
 
     def create(self) -> None:
-        """Create or upgrade squeal's tables, running the same migrations as ``alembic upgrade``."""
+        """Create or upgrade squeal's tables, running the same migrations as ``alembic upgrade``.
+
+        Raises:
+            UnsupportedDatabase: the server is too old (checked before any DDL).
+            DatabaseError: the migration failed (for example, missing privileges).
+        """
         from squeal import migrate
 
-        migrate.upgrade(self.engine, prefix=self.prefix)
-        self._session.forget_schema()
+        self._migrating(lambda: migrate.upgrade(self.engine, prefix=self.prefix), "create")
 
     def destroy(self) -> None:
-        """Drop every table squeal created for this prefix, messages included."""
+        """Drop every table squeal created for this prefix, messages included.
+
+        Raises:
+            DatabaseError: the migration failed (for example, missing privileges).
+        """
         from squeal import migrate
 
-        migrate.downgrade(self.engine, prefix=self.prefix, revision="base", drop_version_table=True)
-        self._session.forget_schema()
+        self._migrating(
+            lambda: migrate.downgrade(
+                self.engine, prefix=self.prefix, revision="base", drop_version_table=True
+            ),
+            "destroy",
+        )
+
+    def _migrating(self, run: Callable[[], None], action: str) -> None:
+        try:
+            run()
+        except sa.exc.SQLAlchemyError as error:
+            failure = wrap(error, f"Queue.{action}()")
+        else:
+            self._session.forget_schema()
+            return
+        raise failure  # outside the except block: no original error in __context__
 
     # -- producing ------------------------------------------------------------------------------
 

@@ -44,6 +44,12 @@ def promoted(m: sa.Table) -> dict[str, Any]:
     return {"state": promoted_state(m), "visible_at": None}
 
 
+#: How long one statement on squeal's own connections waits for a row or table lock held by
+#: another session before failing (the session then retries until its own deadline, and raises
+#: DatabaseBusy): a lock held elsewhere never blocks squeal forever.
+LOCK_TIMEOUT_SECONDS = 5
+
+
 class Strategy:
     """How squeal talks to one kind of database.
 

@@ -12,7 +12,13 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
-from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
+from squeal.dialects.base import (
+    LOCK_TIMEOUT_SECONDS,
+    ClaimedRow,
+    Strategy,
+    dead_on_expiry,
+    promoted,
+)
 from squeal.errors import PayloadTooLarge, UnsupportedDatabase
 from squeal.executor import Executor
 
@@ -25,6 +31,10 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
 
 
 _MARIADB_MIN = (10, 6)
+_LOCK_TIMEOUTS = (
+    f"SET SESSION innodb_lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}, "
+    f"lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}"
+)
 #: Room for the statement around a payload.
 _STATEMENT_MARGIN = 16 * 1024
 #: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
@@ -101,6 +111,8 @@ class MySQLStrategy(Strategy):
 
     def configure(self, dbapi: Any) -> None:
         dbapi.autocommit(True)
+        with dbapi.cursor() as cursor:
+            cursor.execute(_LOCK_TIMEOUTS)
 
     def configure_claimer(self, dbapi: Any) -> None:
         # Claims keep a transaction open across SELECT and UPDATE: no autocommit, and READ
@@ -108,6 +120,7 @@ class MySQLStrategy(Strategy):
         dbapi.autocommit(False)
         with dbapi.cursor() as cursor:
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cursor.execute(_LOCK_TIMEOUTS)
         dbapi.commit()
 
     @property

@@ -12,13 +12,21 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
-from squeal.dialects.base import ClaimedRow, Strategy, dead_on_expiry, promoted
+from squeal.dialects.base import (
+    LOCK_TIMEOUT_SECONDS,
+    ClaimedRow,
+    Strategy,
+    dead_on_expiry,
+    promoted,
+)
 from squeal.executor import Executor
 
 
 @compiles(now_ms, "postgresql")
 def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
-    # clock_timestamp(), not now(): now() is frozen at the start of the transaction.
+    # statement_timestamp(): the time this statement started. Not now(), frozen at the start of
+    # the transaction; not clock_timestamp(), which is volatile, so the planner could not use
+    # it as an index bound on visible_at (the due index would be filtered row by row).
     return "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
 
@@ -47,6 +55,7 @@ class PostgreSQLStrategy(Strategy):
 
     def configure(self, dbapi: Any) -> None:
         dbapi.autocommit = True
+        dbapi.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
 
     # -- wake-up notifications (see squeal/waiting.py) ------------------------------------------
 

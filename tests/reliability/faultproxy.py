@@ -1,0 +1,88 @@
+"""A small TCP fault proxy on 127.0.0.1 for network-fault tests (threads, no dependencies).
+
+Modes (``proxy.mode = ...``, changeable at any time):
+  pass       forward both ways
+  latency    forward, delaying every chunk by ``proxy.delay`` seconds
+  blackhole  accept and read, never forward (the peer's kernel still ACKs: only client-side
+             read timeouts notice)
+  reset      RST every active connection (SO_LINGER 0), then behave as ``pass``
+  cut        close every active connection cleanly, then behave as ``pass``
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from contextlib import suppress
+
+
+class FaultProxy:
+    """Listens on 127.0.0.1:<port> and forwards to ``target``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.delay = 0.2
+        self._mode = "pass"
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        assert mode in ("pass", "latency", "blackhole", "reset", "cut"), mode
+        if mode in ("reset", "cut"):
+            with self._lock:
+                conns, self._conns = self._conns, []
+            for s in conns:
+                with suppress(OSError):
+                    if mode == "reset":
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.close()
+            mode = "pass"
+        self._mode = mode
+
+    def close(self) -> None:
+        self._stopped = True
+        self._server.close()
+        self.mode = "cut"
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with suppress(OSError):
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self._mode == "blackhole":
+                    continue
+                if self._mode == "latency":
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        for s in (src, dst):
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,85 @@
+"""T13: producer and consumer roles with the GRANTs of docs/security.md, and nothing more."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from squeal import DatabaseError, Queue
+
+SETUP = {
+    "postgresql": [
+        "CREATE ROLE {role} LOGIN",
+        "GRANT USAGE ON SCHEMA public TO {role}",
+        "GRANT SELECT ON {prefix}_alembic_version TO {role}",
+    ],
+    "mysql": [
+        "CREATE USER '{role}'@'127.0.0.1'",
+        "GRANT SELECT ON {prefix}_alembic_version TO '{role}'@'127.0.0.1'",
+    ],
+}
+GRANTS = {
+    ("postgresql", "producer"): [
+        "GRANT SELECT, INSERT ON {prefix}_message TO {role}",
+        "GRANT USAGE ON SEQUENCE {prefix}_message_id_seq TO {role}",
+    ],
+    ("postgresql", "consumer"): ["GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}"],
+    ("mysql", "producer"): ["GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'"],
+    ("mysql", "consumer"): [
+        "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'"
+    ],
+}
+DROP = {
+    "postgresql": ["DROP OWNED BY {role}", "DROP ROLE {role}"],
+    "mysql": ["DROP USER '{role}'@'127.0.0.1'"],
+}
+
+
+@pytest.fixture
+def role_queue(
+    db: str, db_url: str, engine: sa.Engine, make_queue: Callable[..., Queue]
+) -> Iterator[Callable[[str], Queue]]:
+    """Queues that connect as a fresh producer or consumer role; the roles are dropped after."""
+    prefix = make_queue().prefix
+    made: list[tuple[str, sa.Engine]] = []
+
+    def make(kind: str) -> Queue:
+        role = f"sq_{kind}_{secrets.token_hex(3)}"
+        with engine.begin() as conn:
+            for sql in SETUP[db] + GRANTS[(db, kind)]:
+                conn.exec_driver_sql(sql.format(role=role, prefix=prefix))
+        eng = sa.create_engine(sa.make_url(db_url).set(username=role, password=None))
+        made.append((role, eng))
+        return Queue(eng, prefix=prefix)
+
+    yield make
+    for role, eng in made:
+        eng.dispose()
+        with engine.begin() as conn:
+            for sql in DROP[db]:
+                conn.exec_driver_sql(sql.format(role=role))
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_producer_and_consumer_roles_can_do_their_part_and_are_refused_the_rest(
+    role_queue: Callable[[str], Queue],
+) -> None:
+    """T13: the producer puts but cannot claim; the consumer claims and acks but cannot put."""
+    producer = role_queue("producer")
+    consumer = role_queue("consumer")
+    producer.put(b"one")
+    producer.put(b"two", dedup_key="k")
+    with pytest.raises(DatabaseError):
+        producer.get()
+    m = consumer.get()
+    assert m is not None
+    assert m.payload == b"one"
+    m.ack()
+    n = consumer.get()
+    assert n is not None
+    n.nack(delay=0)
+    with pytest.raises(DatabaseError):
+        consumer.put(b"three")
