@@ -11,14 +11,29 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import sqlalchemy as sa
 
 #: Idle connections kept per kind; more are opened under load and closed when returned.
 MAX_IDLE = 16
+
+
+class Link:
+    """One connection squeal keeps, with the cursor it reuses for every statement."""
+
+    __slots__ = ("cursor", "dbapi")
+
+    def __init__(self, dbapi: Any) -> None:
+        self.dbapi = dbapi
+        self.cursor = dbapi.cursor()
+
+    def close(self) -> None:
+        """Close the connection, ignoring errors (it is being thrown away)."""
+        with suppress(Exception):
+            self.dbapi.close()
 
 
 class ConnectionStash:
@@ -30,24 +45,25 @@ class ConnectionStash:
         self._engine = engine
         self._configure = configure
         self._max_idle = max_idle
-        self._idle: list[Any] = []
+        self._idle: list[Link] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
         # A queue that is dropped without close() still closes its connections.
         weakref.finalize(self, _close_all, self._idle)
 
-    def _open(self) -> Any:
+    def _open(self) -> Link:
         fairy = self._engine.raw_connection()
         try:
             fairy.detach()
             dbapi = fairy.dbapi_connection
             self._configure(dbapi)
+            return Link(dbapi)
         except BaseException:
             fairy.invalidate()
             raise
-        return dbapi
 
-    def _take(self) -> Any:
+    def take(self) -> Link:
+        """An idle connection, or a new one."""
         with self._lock:
             if self._pid != os.getpid():
                 # A forked child must not share its parent's sockets: forget, don't close.
@@ -57,23 +73,13 @@ class ConnectionStash:
                 return self._idle.pop()
         return self._open()
 
-    def _give_back(self, dbapi: Any) -> None:
+    def give_back(self, link: Link) -> None:
+        """Keep ``link`` for the next unit of work (its transaction must be finished)."""
         with self._lock:
             if self._pid == os.getpid() and len(self._idle) < self._max_idle:
-                self._idle.append(dbapi)
+                self._idle.append(link)
                 return
-        _close_quietly(dbapi)
-
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A configured DB-API connection; on any error it is closed instead of reused."""
-        dbapi = self._take()
-        try:
-            yield dbapi
-        except BaseException:
-            _close_quietly(dbapi)
-            raise
-        self._give_back(dbapi)
+        link.close()
 
     def close(self) -> None:
         """Close every idle connection."""
@@ -81,11 +87,6 @@ class ConnectionStash:
             _close_all(self._idle)
 
 
-def _close_all(idle: list[Any]) -> None:
+def _close_all(idle: list[Link]) -> None:
     while idle:
-        _close_quietly(idle.pop())
-
-
-def _close_quietly(dbapi: Any) -> None:
-    with suppress(Exception):
-        dbapi.close()
+        idle.pop().close()

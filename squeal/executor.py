@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from squeal.connections import Link
 from squeal.prepared import Prepared
 
 Row = Sequence[Any]
@@ -61,14 +62,14 @@ class RawExecutor(Executor):
 
     def __init__(
         self,
-        dbapi: Any,
+        link: Link,
         prepared: dict[Any, Prepared],
         dialect: sa.Dialect,
         *,
         begin_sql: str | None,
     ) -> None:
-        self._dbapi = dbapi
-        self._cursor = dbapi.cursor()
+        self._dbapi = link.dbapi
+        self._cursor = link.cursor
         self._prepared = prepared
         self._dialect = dialect
         self._begin_sql = begin_sql
@@ -108,14 +109,11 @@ class RawExecutor(Executor):
             self._dbapi.commit() if self._begin_sql is None else self._cursor.execute("COMMIT")
             self._open = False
 
-    def close(self) -> None:
-        """Roll back anything left open and release the cursor."""
-        try:
-            if self._open:
-                self._dbapi.rollback()
-                self._open = False
-        finally:
-            self._cursor.close()
+    def rollback(self) -> None:
+        """Roll back a transaction left open by an error (the connection stays usable)."""
+        if self._open:
+            self._open = False
+            self._dbapi.rollback()
 
 
 class CallerExecutor(Executor):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -125,22 +124,17 @@ class Session:
     ) -> T:
         if not self._schema_ok:
             self._check_schema()
-        deadline = time.monotonic() + RETRY_SECONDS
+        deadline = 0.0
         pause = 0.002
         reconnects = 0
         while True:
             failure: DatabaseError | None = None
             try:
-                with self._executor(stash, atomic) as ex:
-                    try:
-                        result = work(ex)
-                    except BaseException as exc:
-                        if commit_on is not None and isinstance(exc, commit_on):
-                            ex.commit()
-                        raise
-                    ex.commit()
-                    return result
+                if stash is None:
+                    return self._through_engine(work, atomic=atomic, commit_on=commit_on)
+                return self._on_link(work, stash, atomic=atomic, commit_on=commit_on)
             except self._driver_errors() as error:
+                deadline = deadline or time.monotonic() + RETRY_SECONDS
                 disconnected = self._disconnected(error)
                 reconnects += disconnected
                 if not (disconnected or self._retryable(error)):
@@ -159,22 +153,60 @@ class Session:
             if failure is not None:
                 raise failure
 
-    @contextmanager
-    def _executor(self, stash: ConnectionStash | None, atomic: bool) -> Iterator[Executor]:
-        if stash is None:
-            # A pool that hands out one shared connection (e.g. SQLite :memory:): go through it.
-            with self.engine.connect() as conn:
-                yield _Committing(conn)
-            return
-        with stash.connection() as dbapi:
-            begin_sql = None if stash is not self._stash else self.strategy.begin_sql
-            ex = RawExecutor(dbapi, self._prepared, self.engine.dialect, begin_sql=begin_sql)
+    def _on_link(
+        self,
+        work: Callable[[Executor], T],
+        stash: ConnectionStash,
+        *,
+        atomic: bool,
+        commit_on: type[BaseException] | None,
+    ) -> T:
+        """One attempt on one of squeal's connections (the hot path: no context managers)."""
+        link = stash.take()
+        begin_sql = None if stash is not self._stash else self.strategy.begin_sql
+        ex = RawExecutor(link, self._prepared, self.engine.dialect, begin_sql=begin_sql)
+        try:
+            if atomic:
+                ex.begin()
             try:
-                if atomic:
-                    ex.begin()
-                yield ex
-            finally:
-                ex.close()
+                result = work(ex)
+            except BaseException as exc:
+                if commit_on is not None and isinstance(exc, commit_on):
+                    ex.commit()
+                raise
+            ex.commit()
+        except self._driver_errors():
+            link.close()  # its state is unknown: never reuse it
+            raise
+        except BaseException:
+            try:
+                ex.rollback()
+            except BaseException:
+                link.close()
+                raise
+            stash.give_back(link)
+            raise
+        stash.give_back(link)
+        return result
+
+    def _through_engine(
+        self,
+        work: Callable[[Executor], T],
+        *,
+        atomic: bool,
+        commit_on: type[BaseException] | None,
+    ) -> T:
+        """A pool that hands out one shared connection (e.g. SQLite :memory:): go through it."""
+        with self.engine.connect() as conn:
+            ex = _Committing(conn)
+            try:
+                result = work(ex)
+            except BaseException as exc:
+                if commit_on is not None and isinstance(exc, commit_on):
+                    ex.commit()
+                raise
+            ex.commit()
+            return result
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         if not self._errors:

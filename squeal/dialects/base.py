@@ -135,6 +135,8 @@ class Strategy:
 
     #: Starts a transaction on one of squeal's autocommit connections.
     begin_sql: ClassVar[str] = "BEGIN"
+    #: Whether a one-row put reads its id with RETURNING (else from the cursor's lastrowid).
+    single_insert_returns: ClassVar[bool] = True
     #: Whether a claim needs a transaction around its statements (one statement needs none).
     claim_is_one_statement: ClassVar[bool] = False
 
@@ -226,7 +228,7 @@ class Strategy:
         dedup = any(row["dedup_key"] is not None for row in rows)
         if len(rows) == 1:
             values = {**shared, **rows[0]}
-            if not self.dialect.insert_returning:
+            if not (self.dialect.insert_returning and self.single_insert_returns):
                 stmt = self.insert_dedup if dedup else self.insert_plain
                 return [ex.insert(stmt, values)]
             found = ex.rows(self._returning_id[dedup], values)

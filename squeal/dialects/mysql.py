@@ -104,6 +104,8 @@ class MySQLStrategy(Strategy):
         return super().insert(ex, shared, rows)
 
     begin_sql: ClassVar[str] = "START TRANSACTION"
+    #: A result set costs MariaDB more than the OK packet's insert id.
+    single_insert_returns: ClassVar[bool] = False
 
     def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
         # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
