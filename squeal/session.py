@@ -168,13 +168,7 @@ class Session:
         try:
             if atomic:
                 ex.begin()
-            try:
-                result = work(ex)
-            except BaseException as exc:
-                if commit_on is not None and isinstance(exc, commit_on):
-                    ex.commit()
-                raise
-            ex.commit()
+            result = _committed(work, ex, commit_on)
         except self._driver_errors():
             link.close()  # its state is unknown: never reuse it
             raise
@@ -198,15 +192,7 @@ class Session:
     ) -> T:
         """A pool that hands out one shared connection (e.g. SQLite :memory:): go through it."""
         with self.engine.connect() as conn:
-            ex = _Committing(conn)
-            try:
-                result = work(ex)
-            except BaseException as exc:
-                if commit_on is not None and isinstance(exc, commit_on):
-                    ex.commit()
-                raise
-            ex.commit()
-            return result
+            return _committed(work, _Committing(conn), commit_on)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         if not self._errors:
@@ -270,6 +256,20 @@ class Session:
                 command=command,
             )
         self._schema_ok = True
+
+
+def _committed(
+    work: Callable[[Executor], T], ex: Executor, commit_on: type[BaseException] | None
+) -> T:
+    """Run ``work`` and commit; after a ``commit_on`` exception, commit and re-raise it."""
+    try:
+        result = work(ex)
+    except BaseException as exc:
+        if commit_on is not None and isinstance(exc, commit_on):
+            ex.commit()
+        raise
+    ex.commit()
+    return result
 
 
 def _revisions(conn: sa.Connection, inspector: sa.Inspector, table: str) -> list[str]:
