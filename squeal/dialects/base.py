@@ -110,7 +110,11 @@ class Strategy:
         # rows whose delay, backoff or lease has run out. (A state test here would let the
         # planner prefer the claim index and filter every leased row.)
         due = sa.and_(m.c.topic == _param("in_topic"), m.c.visible_at <= now)
-        self.due_ids = sa.select(m.c.id).where(due).order_by(m.c.visible_at).limit(_param("limit"))
+        # Every due row is promoted (or leased) by the claim that finds it, not just ``limit``
+        # of them: a due row left WAITING could outrank the READY row the claim returns. Each
+        # row is promoted once per wait, so the work stays O(1) per message overall; a claim
+        # right after many messages fall due at once does that work in one go.
+        self.due_ids = sa.select(m.c.id).where(due).order_by(m.c.visible_at)
         self.ready_ids = (
             sa.select(m.c.id)
             .where(m.c.topic == _param("in_topic"), in_state(m.c.state, READY))

@@ -122,3 +122,19 @@ def test_get_many_with_wait_returns_ready_messages_at_once(queue: Queue) -> None
     start = time.monotonic()
     assert [m.payload for m in queue.get_many("t", 5, wait=5.0)] == [b"a", b"b"]
     assert time.monotonic() - start < 5.0
+
+
+def test_get_returns_the_best_due_message_not_the_one_that_fell_due_first(queue: Queue) -> None:
+    """Found by the T9 model test: with two messages due, the claim must weigh both."""
+    low = queue.put(b"low", "t", priority=0)
+    high = queue.put(b"high", "t", priority=5)
+    first = queue.get("t", visibility_timeout=30)
+    second = queue.get("t", visibility_timeout=0.3)
+    assert first is not None
+    assert second is not None
+    assert (first.id, second.id) == (high, low)
+    time.sleep(0.5)  # low's lease ran out: it fell due first
+    first.nack(delay=0)  # high falls due now, after low
+    best = queue.get("t")
+    assert best is not None
+    assert best.id == high
