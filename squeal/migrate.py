@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -99,6 +101,28 @@ def current(engine: sa.Engine, *, prefix: str = "squeal") -> str | None:
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": version_table(prefix)})
         return ctx.get_current_revision()
+
+
+def schema_diff(engine: sa.Engine, *, prefix: str = "squeal") -> list[Any]:
+    """What autogenerate would change to reach squeal's declared tables (empty: they match).
+
+    Only this prefix's tables are compared; the application's own tables are ignored.
+    """
+
+    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        return type_ != "table" or str(name).startswith(f"{prefix}_")
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "include_name": include_name,
+                "version_table": version_table(prefix),
+                "compare_type": True,
+                "compare_server_default": True,
+            },
+        )
+        return list(compare_metadata(ctx, build_tables(prefix).metadata))
 
 
 def sql(engine_or_url: sa.Engine | str, *, prefix: str = "squeal", revision: str = "head") -> str:

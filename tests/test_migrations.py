@@ -19,14 +19,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import squeal
 from squeal import Queue, migrate
-from squeal.schema import SCHEMA_REVISION, build_tables
+from squeal.schema import SCHEMA_REVISION
 
 SUBPROCESS_TIMEOUT = 120
 APP_REVISION = "a1b2c3d4e5f6"
@@ -82,21 +81,7 @@ def ran(result: subprocess.CompletedProcess[str]) -> str:
 
 def compare_with_schema(engine: sa.Engine, prefix: str) -> list[Any]:
     """What ``alembic revision --autogenerate`` would change to reach schema.py's tables."""
-
-    def include_name(name: str | None, type_: str, _parents: Any) -> bool:
-        return type_ != "table" or str(name).startswith(f"{prefix}_")
-
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(
-            conn,
-            opts={
-                "include_name": include_name,
-                "version_table": migrate.version_table(prefix),
-                "compare_type": True,
-                "compare_server_default": True,
-            },
-        )
-        return list(compare_metadata(ctx, build_tables(prefix).metadata))
+    return migrate.schema_diff(engine, prefix=prefix)
 
 
 def write_alembic_ini(path: Path, **options: str) -> Path:

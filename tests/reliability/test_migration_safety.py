@@ -18,32 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from squeal import Queue, migrate
-from squeal.schema import build_tables
 from tests.reliability import checker
 from tests.reliability.helpers import REPO, spawn, stored_ids
 
 
 def _schema_diff(engine: sa.Engine, prefix: str) -> list[Any]:
     """What autogenerate would change to reach schema.py's tables for ``prefix`` (empty: equal)."""
-
-    def include_name(name: str | None, type_: str, _parents: Any) -> bool:
-        return type_ != "table" or str(name).startswith(f"{prefix}_")
-
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(
-            conn,
-            opts={
-                "include_name": include_name,
-                "version_table": migrate.version_table(prefix),
-                "compare_type": True,
-                "compare_server_default": True,
-            },
-        )
-        return list(compare_metadata(ctx, build_tables(prefix).metadata))
+    return migrate.schema_diff(engine, prefix=prefix)
 
 
 def _round_trip(q: Queue) -> None:
