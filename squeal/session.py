@@ -28,9 +28,6 @@ RECONNECT_ATTEMPTS = 3
 _SHARED_CONNECTION_POOLS = (sa.pool.StaticPool, sa.pool.SingletonThreadPool, sa.pool.AssertionPool)
 #: The version table an application's own alembic uses when it runs squeal's revisions.
 APPLICATION_VERSION_TABLE = "alembic_version"
-#: SQLSTATE prefixes meaning the server ended the session (connection exception, operator
-#: intervention such as pg_terminate_backend or a server shutdown): reconnect and retry.
-_DISCONNECT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
 
 def wrap(error: BaseException, action: str) -> DatabaseError:
@@ -206,8 +203,7 @@ class Session:
             if error.connection_invalidated:
                 return True
             error = error.orig or error
-        sqlstate = getattr(error, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_DISCONNECT_SQLSTATES):
+        if self.strategy.is_disconnect(error):
             return True
         return bool(self.engine.dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
 

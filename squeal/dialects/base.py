@@ -183,6 +183,10 @@ class Strategy:
         """True when the driver ``error`` is transient (deadlock, lock timeout, busy)."""
         return False
 
+    def is_disconnect(self, error: BaseException) -> bool:
+        """True when the server ended the session in a way SQLAlchemy does not recognise."""
+        return False
+
     def claim(
         self,
         ex: Executor,

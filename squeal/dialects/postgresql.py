@@ -30,6 +30,7 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
     return "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
 
+_DISCONNECT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 
@@ -88,6 +89,11 @@ class PostgreSQLStrategy(Strategy):
 
     def is_retryable(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+    def is_disconnect(self, error: BaseException) -> bool:
+        # pg_terminate_backend and server shutdowns (57P01-03) and connection exceptions (08).
+        sqlstate = getattr(error, "sqlstate", None)
+        return isinstance(sqlstate, str) and sqlstate.startswith(_DISCONNECT_SQLSTATES)
 
     def claim(
         self,
