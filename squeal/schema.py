@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0001"
+SCHEMA_REVISION = "squeal_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -107,6 +107,12 @@ class Tables:
     prefix: str
     metadata: sa.MetaData
     message: sa.Table
+    #: One row per topic held by a consumer (``Queue.acquire_topic``); the row outlives its
+    #: lease until another consumer takes it over, so ``expires_at`` decides who holds it.
+    topic_lock: sa.Table
+    #: Dedup keys kept for a window (``Queue(dedup_window=...)``, ``Queue.dedup_override``):
+    #: a key blocks puts of that key in its topic until ``expires_at``.
+    dedup: sa.Table
 
 
 def build_tables(prefix: str) -> Tables:
@@ -134,4 +140,23 @@ def build_tables(prefix: str) -> Tables:
         sa.UniqueConstraint("topic", "dedup_key", name=f"{prefix}_message_dedup_uq"),
         sqlite_autoincrement=True,
     )
-    return Tables(prefix=prefix, metadata=metadata, message=message)
+    topic_lock = sa.Table(
+        f"{prefix}_topic_lock",
+        metadata,
+        sa.Column("topic", ExactText(), nullable=False),
+        sa.Column("token", sa.BigInteger(), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("topic", name=f"{prefix}_topic_lock_pk"),
+    )
+    dedup = sa.Table(
+        f"{prefix}_dedup",
+        metadata,
+        sa.Column("topic", ExactText(), nullable=False),
+        sa.Column("dedup_key", ExactText(), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("topic", "dedup_key", name=f"{prefix}_dedup_pk"),
+        sa.Index(f"{prefix}_dedup_expiry_ix", "expires_at"),
+    )
+    return Tables(
+        prefix=prefix, metadata=metadata, message=message, topic_lock=topic_lock, dedup=dedup
+    )
