@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
+from squeal.dialects.migration_lock import migration_transaction
 from squeal.migrate import migration_prefix, version_table
 from squeal.schema import build_tables
 
@@ -60,8 +61,10 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
+    # Under the plain alembic command: the same lock as squeal.migrate, so that concurrent
+    # upgrades of one prefix take turns (squeal.migrate holds it before passing a connection).
     engine = sa.create_engine(_url(), poolclass=sa.pool.NullPool)
-    with engine.connect() as conn:
+    with engine.connect() as conn, migration_transaction(conn, prefix):
         _configure(connection=conn)
         with context.begin_transaction():
             context.run_migrations()

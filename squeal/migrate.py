@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from squeal.dialects import strategy_for
+from squeal.dialects.migration_lock import migration_transaction
 from squeal.schema import build_tables, validate_prefix
 
 #: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.
@@ -70,13 +71,18 @@ def head() -> str:
 def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head") -> None:
     """Create or upgrade squeal's tables for ``prefix`` to ``revision``.
 
+    Concurrent upgrades of one prefix (other processes, ``squeal migrate``, squeal's env.py
+    under ``alembic``) take turns under a database lock; a later one finds nothing to do.
+
     Raises:
         UnsupportedDatabase: before any DDL runs, when squeal cannot run on this database.
+        DatabaseBusy: another migration of this prefix held the lock for too long.
     """
     strategy = strategy_for(engine, build_tables(prefix))
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         strategy.check_server(conn)
-        command.upgrade(config(prefix, connection=conn), revision)
+        with migration_transaction(conn, prefix):
+            command.upgrade(config(prefix, connection=conn), revision)
     with engine.connect() as conn:
         strategy.after_migrate(conn)
         conn.commit()
@@ -89,8 +95,8 @@ def downgrade(
     revision: str = "base",
     drop_version_table: bool = False,
 ) -> None:
-    """Downgrade squeal's tables to ``revision``; ``base`` removes them all."""
-    with engine.begin() as conn:
+    """Downgrade squeal's tables to ``revision``; ``base`` removes them all (under the lock)."""
+    with engine.connect() as conn, migration_transaction(conn, prefix):
         command.downgrade(config(prefix, connection=conn), revision)
         if drop_version_table and revision == "base":
             sa.Table(version_table(prefix), sa.MetaData()).drop(conn, checkfirst=True)

@@ -138,3 +138,51 @@ def test_two_processes_upgrading_one_fresh_prefix_at_once_end_with_one_correct_s
             q.destroy()
             q.close()
     print(f"T12 concurrent upgrade {db}: {outcomes}")
+
+
+_CLI_AT = """
+import sys, time
+from squeal.cli import main
+at = float(sys.argv[1])
+time.sleep(max(0.0, at - time.time()))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_four_processes_running_squeal_migrate_on_a_fresh_prefix_all_succeed(
+    db: str, db_url: str, engine: sa.Engine, prefix: str
+) -> None:
+    """Concurrent ``squeal migrate`` runs take turns under the migration lock: every one exits 0
+    (the first creates the tables, the others then find them at head) and the schema is exact.
+
+    (Each CLI reads the revision before it waits for the lock, so several may print "upgraded".)
+    """
+    outcomes: list[list[int]] = []
+    for round_ in range(3):
+        name = f"{prefix}m{round_}"
+        at = time.time() + 2.0
+        argv = ["migrate", "--url", db_url, "--prefix", name]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CLI_AT, str(at), *argv],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        results = [p.communicate(timeout=120) for p in procs]
+        outcomes.append([p.returncode for p in procs])
+        q = Queue(engine, prefix=name)
+        try:
+            for p, (out, err) in zip(procs, results, strict=True):
+                assert p.returncode == 0, f"squeal migrate failed: {out.strip()} {err.strip()}"
+                assert "Traceback" not in err, err
+            assert migrate.current(engine, prefix=name) == migrate.head()
+            assert _schema_diff(engine, name) == []
+            _round_trip(q)
+        finally:
+            q.destroy()
+            q.close()
+    print(f"T12 four concurrent squeal migrate {db}: exit codes {outcomes}")
