@@ -9,6 +9,7 @@ ROLLBACK, which on a loopback server is a round trip per operation.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -19,6 +20,10 @@ import sqlalchemy as sa
 
 #: Idle connections kept per kind; more are opened under load and closed when returned.
 MAX_IDLE = 16
+#: A TCP connection of squeal's whose peer stopped acknowledging data or keepalive probes for
+#: this long is ended by the kernel, so a call blocked on a dead network path fails instead of
+#: hanging (see :func:`detect_dead_peer`). 0 turns it off.
+DEAD_PEER_SECONDS = 30.0
 
 
 class Link:
@@ -85,6 +90,33 @@ class ConnectionStash:
         """Close every idle connection."""
         with self._lock:
             _close_all(self._idle)
+
+
+def detect_dead_peer(fileno: int) -> None:
+    """Bound how long the TCP socket ``fileno`` survives a peer that no longer answers.
+
+    ``TCP_USER_TIMEOUT`` ends the connection when sent data stays unacknowledged; keepalive
+    probes notice a path that died while squeal waited for a reply. Both cost nothing per
+    statement. Unix sockets and systems without these options are left alone.
+    """
+    seconds = DEAD_PEER_SECONDS
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if seconds <= 0 or user_timeout is None:
+        return
+    sock = socket.socket(fileno=fileno)
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, user_timeout, int(seconds * 1000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # Idle for half the time, then 3 probes in the other half.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds / 2)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds / 6)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass
+    finally:
+        sock.detach()  # the driver owns the descriptor
 
 
 def _close_all(idle: list[Link]) -> None:

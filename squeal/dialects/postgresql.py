@@ -12,6 +12,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
+from squeal.connections import detect_dead_peer
 from squeal.dialects.base import (
     LOCK_TIMEOUT_SECONDS,
     ClaimedRow,
@@ -30,6 +31,9 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
     return "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
 
+_TCP_PARAMETERS = frozenset(
+    {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+)
 _DISCONNECT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
@@ -57,6 +61,10 @@ class PostgreSQLStrategy(Strategy):
     def configure(self, dbapi: Any) -> None:
         dbapi.autocommit = True
         dbapi.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+        # psycopg has no read timeout: without these a dead network path hangs the call.
+        # Settings the application gave libpq (URL or connect_args) win.
+        if not _TCP_PARAMETERS & dbapi.info.get_parameters().keys():
+            detect_dead_peer(dbapi.fileno())
 
     # -- wake-up notifications (see squeal/waiting.py) ------------------------------------------
 
@@ -93,7 +101,11 @@ class PostgreSQLStrategy(Strategy):
     def is_disconnect(self, error: BaseException) -> bool:
         # pg_terminate_backend and server shutdowns (57P01-03) and connection exceptions (08).
         sqlstate = getattr(error, "sqlstate", None)
-        return isinstance(sqlstate, str) and sqlstate.startswith(_DISCONNECT_SQLSTATES)
+        if isinstance(sqlstate, str):
+            return sqlstate.startswith(_DISCONNECT_SQLSTATES)
+        # The server sends a SQLSTATE with every error; an OperationalError without one came
+        # from libpq losing the socket (reset, closed, or timed out by detect_dead_peer).
+        return isinstance(error, self.dialect.loaded_dbapi.OperationalError)
 
     def claim(
         self,

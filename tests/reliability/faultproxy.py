@@ -19,16 +19,26 @@ from contextlib import suppress
 
 
 class FaultProxy:
-    """Listens on 127.0.0.1:<port> and forwards to ``target``."""
+    """Listens on 127.0.0.1:<port> (or the Unix socket ``listen``) and forwards to ``target``.
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    ``target`` is a (host, port) or the path of a Unix socket: a Unix socket joins network
+    namespaces, so a proxy inside one can reach a server outside.
+    """
+
+    def __init__(self, target: tuple[str, int] | str, *, listen: str | None = None) -> None:
         self.target = target
         self.delay = 0.2
         self._mode = "pass"
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._server.getsockname()[1]
+        if listen is None:
+            self._server = socket.create_server(("127.0.0.1", 0))
+            self.port: int = self._server.getsockname()[1]
+        else:
+            self._server = socket.socket(socket.AF_UNIX)
+            self._server.bind(listen)
+            self._server.listen()
+            self.port = 0
         self._stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -62,7 +72,12 @@ class FaultProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                if isinstance(self.target, str):
+                    upstream = socket.socket(socket.AF_UNIX)
+                    upstream.settimeout(5)
+                    upstream.connect(self.target)
+                else:
+                    upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
             except OSError:
                 client.close()

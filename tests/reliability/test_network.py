@@ -1,9 +1,28 @@
-"""T6: network faults between squeal and the server, through ``faultproxy``."""
+"""T6: network faults between squeal and the server.
+
+Two ways to break the path:
+
+- ``faultproxy`` in this process (reset, cut, latency, and a "blackhole" that reads and drops
+  everything). Its blackhole keeps ACKing at the TCP level, like a stalled proxy: only a client
+  read timeout notices it, which PyMySQL has and psycopg has not, so it runs on MariaDB only.
+- A real dead path: the consumer runs in a private network namespace (``unshare -n``, root)
+  whose loopback is switched off mid-ack, so packets are lost and nothing is ACKed. The proxy
+  inside the namespace reaches the server through a Unix socket relayed by this process. Here
+  PostgreSQL's connections are ended by the kernel through the TCP options squeal sets
+  (``squeal.connections.DEAD_PEER_SECONDS``), MariaDB's by PyMySQL's read timeout.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -11,9 +30,15 @@ import sqlalchemy as sa
 import squeal.session
 from squeal import DatabaseError, Queue
 from tests.reliability.faultproxy import FaultProxy
+from tests.reliability.helpers import REPO
 
-#: Driver timeouts a user must set so that a dead network path raises instead of hanging.
-TIMEOUTS = {"mysql": {"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2}}
+#: Driver timeouts a user sets so that a dead network path raises instead of hanging.
+TIMEOUTS = {
+    "mysql": {"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2},
+    "postgresql": {"connect_timeout": 2},
+}
+#: The dead-peer bound the namespace test gives squeal (its default is 30 s).
+DEAD_PEER_SECONDS = 3.0
 
 
 @pytest.fixture
@@ -26,20 +51,10 @@ def proxied(db: str, db_url: str) -> Iterator[tuple[FaultProxy, sa.Engine]]:
     proxy.close()
 
 
-# PostgreSQL is left out: psycopg has no client-side read timeout, and a blackholing peer
-# ACKs at the TCP level, so neither keepalives nor tcp_user_timeout fire (see the report).
-@pytest.mark.dialects("mysql")
-@pytest.mark.parametrize("fault", ["blackhole", "reset", "cut", "latency"])
-def test_network_fault_raises_or_recovers_and_the_lease_comes_back(
-    make_queue: Callable[..., Queue],
-    proxied: tuple[FaultProxy, sa.Engine],
-    monkeypatch: pytest.MonkeyPatch,
-    fault: str,
-) -> None:
-    """A consumer's ack through a faulty path: it times out or succeeds, never hangs; an
-    unacked message comes back after its lease."""
-    monkeypatch.setattr(squeal.session, "RECONNECT_ATTEMPTS", 1)
-    direct = make_queue()
+def _ack_through(
+    fault: str, direct: Queue, proxied: tuple[FaultProxy, sa.Engine]
+) -> tuple[bool, float]:
+    """Claim through the proxy, inject ``fault``, ack; heal; check that nothing is left."""
     proxy, eng = proxied
     q = Queue(eng, prefix=direct.prefix, visibility_timeout=1.0)
     mid = q.put(b"x")
@@ -55,10 +70,6 @@ def test_network_fault_raises_or_recovers_and_the_lease_comes_back(
         acked = False
     elapsed = time.monotonic() - started
     assert elapsed < 20, f"{fault}: ack took {elapsed:.1f}s"
-    if fault == "blackhole":
-        assert not acked
-    if fault in ("reset", "cut", "latency"):
-        assert acked, f"{fault}: squeal did not reconnect"
     proxy.mode = "pass"
     if not acked:
         time.sleep(1.2)
@@ -68,3 +79,144 @@ def test_network_fault_raises_or_recovers_and_the_lease_comes_back(
         again.ack()
     assert direct.stats().get("default") is None or direct.stats()["default"].total == 0
     q.close()
+    return acked, elapsed
+
+
+@pytest.mark.dialects("mysql")
+@pytest.mark.parametrize("fault", ["blackhole", "reset", "cut", "latency"])
+def test_network_fault_raises_or_recovers_and_the_lease_comes_back(
+    make_queue: Callable[..., Queue],
+    proxied: tuple[FaultProxy, sa.Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    """A consumer's ack through a faulty path: it times out or succeeds, never hangs; an
+    unacked message comes back after its lease."""
+    monkeypatch.setattr(squeal.session, "RECONNECT_ATTEMPTS", 1)
+    acked, _ = _ack_through(fault, make_queue(), proxied)
+    if fault == "blackhole":
+        assert not acked
+    if fault in ("reset", "cut", "latency"):
+        assert acked, f"{fault}: squeal did not reconnect"
+
+
+@pytest.mark.dialects("postgresql")
+@pytest.mark.parametrize("fault", ["reset", "cut", "latency"])
+def test_postgresql_connection_reset_cut_or_slowed_is_reconnected_and_the_ack_succeeds(
+    make_queue: Callable[..., Queue],
+    proxied: tuple[FaultProxy, sa.Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    """On PostgreSQL too, a reset or cut connection is replaced and a slow one waited for."""
+    monkeypatch.setattr(squeal.session, "RECONNECT_ATTEMPTS", 1)
+    acked, _ = _ack_through(fault, make_queue(), proxied)
+    assert acked, f"{fault}: squeal did not reconnect"
+
+
+_IN_NAMESPACE = """
+import json, subprocess, sys, threading, time
+import sqlalchemy as sa
+import squeal.connections
+from squeal import DatabaseError, Queue
+from tests.reliability.faultproxy import FaultProxy
+
+url, prefix, relay, dead_peer, connect_args, heal_after = sys.argv[1:7]
+squeal.connections.DEAD_PEER_SECONDS = float(dead_peer)
+def loopback(state):
+    subprocess.run(["ip", "link", "set", "lo", state], check=True)
+loopback("up")
+proxy = FaultProxy(relay)  # 127.0.0.1 in this namespace -> the relay's Unix socket
+engine = sa.create_engine(
+    sa.make_url(url).set(host="127.0.0.1", port=proxy.port), connect_args=json.loads(connect_args)
+)
+vt = 1.0 if float(heal_after) == 0 else 60.0
+q = Queue(engine, prefix=prefix, visibility_timeout=vt)
+mid = q.put(b"x")
+m = q.get()
+assert m is not None and m.id == mid
+loopback("down")  # from here every packet on this path is lost
+if float(heal_after):
+    threading.Timer(float(heal_after), loopback, ["up"]).start()
+started = time.monotonic()
+try:
+    m.ack()
+    outcome = "acked"
+except DatabaseError as exc:
+    outcome = f"DatabaseError: {exc}"
+elapsed = time.monotonic() - started
+redelivered = False
+if outcome != "acked":
+    loopback("up")
+    time.sleep(vt + 0.2)  # the lease runs out
+    again = q.get()
+    redelivered = again is not None and again.id == mid
+    if again is not None:
+        again.ack()
+print(json.dumps({"outcome": outcome, "elapsed": elapsed, "redelivered": redelivered}))
+"""
+
+
+def _namespaces_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True)
+    return probe.returncode == 0
+
+
+def _ack_in_namespace(db: str, db_url: str, prefix: str, heal_after: float) -> dict[str, Any]:
+    """Run ``_IN_NAMESPACE`` for ``prefix``; its result (outcome, elapsed, redelivered)."""
+    if not _namespaces_available():
+        pytest.skip("needs unshare -n (root) and ip to drop packets in a private namespace")
+    url = sa.make_url(db_url)
+    folder = Path(tempfile.mkdtemp(prefix="sqnet"))  # short: Unix socket paths are limited
+    relay = FaultProxy((url.host or "127.0.0.1", url.port or 0), listen=str(folder / "db"))
+    try:
+        done = subprocess.run(
+            [
+                *("unshare", "-n", sys.executable, "-c", _IN_NAMESPACE, db_url, prefix),
+                *(str(folder / "db"), str(DEAD_PEER_SECONDS), json.dumps(TIMEOUTS[db])),
+                str(heal_after),
+            ],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        relay.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"T6 dead path {db} heal_after={heal_after}: {result}")
+    return result
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_dead_network_path_fails_the_ack_in_bounded_time_and_the_lease_comes_back(
+    db: str, db_url: str, make_queue: Callable[..., Queue]
+) -> None:
+    """Packets lost mid-ack (a real dead path): the ack raises DatabaseError within seconds
+    instead of hanging, and the message is redelivered once the path is back."""
+    direct = make_queue()
+    result = _ack_in_namespace(db, db_url, direct.prefix, heal_after=0.0)
+    assert result["elapsed"] < 20, result
+    assert result["outcome"].startswith("DatabaseError"), result
+    assert result["redelivered"], result
+    stats = direct.stats().get("default")
+    assert stats is None or stats.total == 0
+
+
+@pytest.mark.dialects("postgresql")
+def test_postgresql_path_that_comes_back_while_squeal_reconnects_lets_the_ack_succeed(
+    db: str, db_url: str, make_queue: Callable[..., Queue]
+) -> None:
+    """The dead peer is noticed after DEAD_PEER_SECONDS; the path is back 4 s after the ack
+    began, while squeal reconnects: the ack succeeds and nothing is left stored."""
+    direct = make_queue()
+    result = _ack_in_namespace(db, db_url, direct.prefix, heal_after=DEAD_PEER_SECONDS + 1)
+    assert result["elapsed"] < 20, result
+    assert result["outcome"] == "acked", result
+    stats = direct.stats().get("default")
+    assert stats is None or stats.total == 0
