@@ -29,6 +29,21 @@ def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindP
     return sa.bindparam(name, type_=type_)
 
 
+def ids_in_order(
+    rows: Sequence[dict[str, Any]], returned: Sequence[Sequence[Any]]
+) -> list[int | None]:
+    """Each row's id from a multi-row INSERT's RETURNING (id, dedup_key); None if deduplicated.
+
+    Ids come from one sequence in insertion order, so sorted ids follow the input order.
+    """
+    by_key = {text_value(key): id_ for id_, key in returned if key is not None}
+    plain = iter(sorted(id_ for id_, key in returned if key is None))
+    return [
+        by_key.get(row["dedup_key"]) if row["dedup_key"] is not None else next(plain)
+        for row in rows
+    ]
+
+
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
     """True for a row whose lease ran out on its last allowed attempt."""
     return sa.and_(m.c.lease_token.is_not(None), m.c.attempts >= _param("max_attempts"))
@@ -247,14 +262,7 @@ class Strategy:
         for i, row in enumerate(rows):
             values[f"payload_{i}"] = row["payload"]
             values[f"dedup_key_{i}"] = row["dedup_key"]
-        returned = ex.rows(self._multirow(len(rows), dedup), values)
-        by_key = {text_value(key): id_ for id_, key in returned if key is not None}
-        # Ids come from one sequence in VALUES order, so sorted ids follow the input order.
-        plain = iter(sorted(id_ for id_, key in returned if key is None))
-        return [
-            by_key.get(row["dedup_key"]) if row["dedup_key"] is not None else next(plain)
-            for row in rows
-        ]
+        return ids_in_order(rows, ex.rows(self._multirow(len(rows), dedup), values))
 
     @cached_property
     def _returning_id(self) -> dict[bool, sa.Executable]:
@@ -296,4 +304,11 @@ class Strategy:
         return stmt
 
 
-__all__ = ["ClaimedRow", "Strategy", "dead_on_expiry", "promoted", "promoted_state"]
+__all__ = [
+    "ClaimedRow",
+    "Strategy",
+    "dead_on_expiry",
+    "ids_in_order",
+    "promoted",
+    "promoted_state",
+]

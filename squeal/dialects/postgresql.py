@@ -18,9 +18,11 @@ from squeal.dialects.base import (
     ClaimedRow,
     Strategy,
     dead_on_expiry,
+    ids_in_order,
     promoted,
 )
 from squeal.executor import Executor
+from squeal.schema import Tables
 
 
 @compiles(now_ms, "postgresql")
@@ -55,12 +57,28 @@ class PostgreSQLStrategy(Strategy):
     #: The claim is one statement, so on an autocommit connection it is one round trip.
     claim_is_one_statement: ClassVar[bool] = True
 
+    def __init__(self, dialect: sa.Dialect, tables: Tables) -> None:
+        super().__init__(dialect, tables)
+        m = self.m
+        # ``id = ANY(:ids)``: one statement text for every batch size, so psycopg caches and
+        # prepares it (it does neither for an IN list of more than 50 parameters).
+        ids = sa.cast(sa.bindparam("ids"), postgresql.ARRAY(sa.BigInteger()))
+        self.ack_batch = sa.delete(m).where(
+            m.c.lease_token == sa.bindparam("token"), m.c.id == sa.any_(ids)
+        )
+
     def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
         return postgresql.insert(self.m).values(values).on_conflict_do_nothing()
 
     def configure(self, dbapi: Any) -> None:
         dbapi.autocommit = True
         dbapi.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+        # psycopg prepares a statement on its fifth run, and PostgreSQL then keeps one generic
+        # plan. Built while the table was empty (a consumer polling an idle queue), that plan
+        # seq-scans every claim, ack and touch for the life of the connection as the backlog
+        # grows (measured: 100k backlog, 20 claims/s). Every statement squeal runs on its own
+        # connections is shaped for an index, so it tells the planner never to prefer a scan.
+        dbapi.execute("SET enable_seqscan = off")
         # psycopg has no read timeout: without these a dead network path hangs the call.
         # Settings the application gave libpq (URL or connect_args) win.
         if not _TCP_PARAMETERS & dbapi.info.get_parameters().keys():
@@ -78,7 +96,47 @@ class PostgreSQLStrategy(Strategy):
     ) -> list[int | None]:
         # Only messages visible now wake consumers; a delayed put binds no channel.
         wake = self.wake_channel if shared["delay_ms"] == 0 else None
-        return super().insert(ex, {**shared, "wake": wake}, rows)
+        shared = {**shared, "wake": wake}
+        if len(rows) == 1:
+            return super().insert(ex, shared, rows)
+        dedup = any(row["dedup_key"] is not None for row in rows)
+        values = {
+            **shared,
+            "payloads": [row["payload"] for row in rows],
+            "dedup_keys": [row["dedup_key"] for row in rows],
+        }
+        return ids_in_order(rows, ex.rows(self._unnest_insert[dedup], values))
+
+    @cached_property
+    def _unnest_insert(self) -> dict[bool, sa.Executable]:
+        """``INSERT ... SELECT ... FROM unnest(:dedup_keys, :payloads)``: any batch, one text.
+
+        A VALUES list grows with the batch (100 rows: 33 kB of SQL, 400 parameters), which
+        psycopg re-parses on every call and never prepares; two arrays keep the statement
+        short, so it is parsed once and prepared like a single put.
+        """
+        m = self.m
+        rows = (
+            sa.func.unnest(
+                sa.cast(sa.bindparam("dedup_keys"), postgresql.ARRAY(sa.Text())),
+                sa.cast(sa.bindparam("payloads"), postgresql.ARRAY(sa.LargeBinary())),
+            )
+            .table_valued("dedup_key", "payload", with_ordinality="n")
+            .render_derived()
+        )
+        # Typed, since a parameter in a SELECT list has no column to take its type from.
+        values: dict[str, sa.ColumnElement[Any]] = {
+            name: sa.cast(value, m.c[name].type) for name, value in self._insert_values.items()
+        }
+        values.update(dedup_key=rows.c.dedup_key, payload=rows.c.payload)
+        # Rows take ids in the order the SELECT yields them: the input order.
+        select = sa.select(*values.values()).select_from(rows).order_by(rows.c.n)
+        plain = postgresql.insert(m).from_select(list(values), select)
+        returning = (m.c.id, m.c.dedup_key)
+        return {
+            False: self.announced(plain.returning(*returning)),
+            True: self.announced(plain.on_conflict_do_nothing().returning(*returning)),
+        }
 
     def announced(self, insert: Insert) -> sa.Executable:
         """``WITH ins AS (INSERT ... RETURNING ...) SELECT ... FROM ins WHERE <notify>``.
