@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from squeal.errors import (
+    AlreadyReleased,
     AlreadySettled,
     DatabaseBusy,
     DatabaseError,
@@ -18,11 +19,13 @@ from squeal.errors import (
 )
 from squeal.message import DeadMessage, Message, PeekedMessage, TopicStats
 from squeal.queue import Queue
+from squeal.topic_lock import TopicLock
 from squeal.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyReleased",
     "AlreadySettled",
     "DatabaseBusy",
     "DatabaseError",
@@ -37,6 +40,7 @@ __all__ = [
     "SchemaMissing",
     "SchemaOutOfDate",
     "SquealError",
+    "TopicLock",
     "TopicStats",
     "UnsupportedDatabase",
     "ValidationError",

@@ -34,6 +34,10 @@ class AlreadySettled(SquealError, RuntimeError):
     """This message was already acked, nacked or released by this consumer."""
 
 
+class AlreadyReleased(AlreadySettled):
+    """This topic lock was already released by this holder."""
+
+
 class SchemaError(SquealError):
     """squeal's tables are not at the revision this version of squeal needs."""
 
@@ -67,6 +71,7 @@ class DatabaseBusy(DatabaseError):
 
 
 __all__ = [
+    "AlreadyReleased",
     "AlreadySettled",
     "DatabaseBusy",
     "DatabaseError",

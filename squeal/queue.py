@@ -6,19 +6,23 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from squeal import log
 from squeal import validation as check
 from squeal.admin import AdminStatements
 from squeal.dialects import strategy_for
-from squeal.errors import InvalidType, LeaseLost, ValidationError
+from squeal.dialects.dedup import SWEEP_EVERY, windows_for
+from squeal.dialects.locking import locking_for
+from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
 from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session, wrap
+from squeal.topic_lock import TopicLock, TopicLocks
 from squeal.waiting import Poller, waiter_for
 
 S = TypeVar("S", bound=StoredMessage)
@@ -44,6 +48,10 @@ class Queue:
         max_payload_size: largest payload in bytes (default 1 MiB, at most 512 MiB).
         notify: PostgreSQL only: puts send a wake-up notification and ``get(wait=...)``
             listens for it on a dedicated connection (False: plain polling, no NOTIFY).
+        topic_lock_timeout: seconds a topic lock (:meth:`acquire_topic`) lasts unless touched.
+        dedup_window: seconds a put's ``dedup_key`` keeps blocking puts of that key in its
+            topic, even after its message is acked (docs/dedup.md); None or 0: only while the
+            message lives. Give every queue object of one prefix the same window.
 
     Raises:
         ValueError / TypeError (squeal.ValidationError / squeal.InvalidType): a bad option.
@@ -62,6 +70,8 @@ class Queue:
         max_attempts: int | None = None,
         max_payload_size: int = 1_048_576,
         notify: bool = True,
+        topic_lock_timeout: float = 60.0,
+        dedup_window: float | None = None,
     ) -> None:
         if not isinstance(engine, sa.Engine):
             raise InvalidType(f"engine must be a sqlalchemy Engine, not {type(engine).__name__}")
@@ -78,12 +88,23 @@ class Queue:
         self.max_payload_size = check.count(
             max_payload_size, "max_payload_size", maximum=check.MAX_PAYLOAD_LIMIT
         )
+        self.topic_lock_timeout = check.seconds(
+            topic_lock_timeout, "topic_lock_timeout", positive=True
+        )
         self._strategy = strategy_for(engine, self._tables)
         self._admin = AdminStatements(self._tables)
+        self._topic_locks = TopicLocks(
+            self, locking_for(engine.dialect, self._tables, self._admin.ready)
+        )
         self._session = Session(engine, self._strategy, self._tables)
         self._strategy.notify = bool(notify)
         self._waiter: Poller | None = None
         self._waiter_lock = threading.Lock()
+        window = None if dedup_window is None else check.seconds(dedup_window, "dedup_window")
+        self.dedup_window = window or None
+        self._windows = windows_for(engine.dialect, self._tables)
+        #: Keys recorded by this object's windowed puts, for sweeping expired ones now and then.
+        self._window_keys = 0
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -105,7 +126,11 @@ class Queue:
         return f"<Queue prefix={self.prefix!r} {self.engine.url.render_as_string()}>"
 
     def close(self) -> None:
-        """Close the database connections this queue keeps (it reopens them if used again)."""
+        """Close the database connections this queue keeps (it reopens them if used again).
+
+        Topic locks stay held until they run out; call :meth:`release_topics` first to free
+        them at once.
+        """
         self._session.close()
         with self._waiter_lock:
             waiter, self._waiter = self._waiter, None
@@ -169,7 +194,8 @@ class Queue:
             topic: 1-255 characters, compared exactly.
             priority: signed 32-bit int; higher is delivered first.
             delay: seconds before it becomes visible (default ``new_message_delay``).
-            dedup_key: when a live message of this topic has the same key, nothing is enqueued.
+            dedup_key: when a live message of this topic has the same key, or the key's
+                ``dedup_window`` has not run out, nothing is enqueued.
             connection: a Connection inside the caller's transaction: the message exists only
                 if the caller commits.
 
@@ -182,7 +208,14 @@ class Queue:
         shared = self._shared(topic, priority, delay)
         row = self._row(payload, dedup_key)
         conn = check.connection(connection)
-        return self._session.write(lambda ex: self._strategy.insert(ex, shared, [row]), conn)[0]
+        window = self.dedup_window
+        if window is not None and row["dedup_key"] is not None:
+            msg_id = self._put_windowed(shared, [row], conn, window)[0]
+        else:
+            insert = self._strategy.insert
+            msg_id = self._session.write(lambda ex: insert(ex, shared, [row]), conn)[0]
+        log.put(shared["topic"], [msg_id], [row["dedup_key"]], conn is not None)
+        return msg_id
 
     def put_many(
         self,
@@ -198,7 +231,7 @@ class Queue:
 
         Returns:
             One id per payload, in order; None where a dedup key deduplicated it (against a
-            live message, or an earlier payload of the same batch).
+            live message, the key's dedup window, or an earlier payload of the same batch).
 
         Raises:
             ValueError / TypeError: invalid input anywhere in the batch; nothing was written.
@@ -230,7 +263,11 @@ class Queue:
                 ids.extend(self._strategy.insert(ex, shared, chunk))
             return ids
 
-        inserted = iter(self._session.write(insert, conn, atomic=len(chunks) > 1))
+        window = self.dedup_window
+        if window is not None and seen:
+            inserted = iter(self._put_windowed(shared, unique, conn, window))
+        else:
+            inserted = iter(self._session.write(insert, conn, atomic=len(chunks) > 1))
         first_of_key: set[str] = set()
         result: list[int | None] = []
         for row in rows:
@@ -241,7 +278,64 @@ class Queue:
             if key is not None:
                 first_of_key.add(key)
             result.append(next(inserted))
+        log.put(shared["topic"], result, [row["dedup_key"] for row in rows], conn is not None)
         return result
+
+    def _put_windowed(
+        self,
+        shared: dict[str, Any],
+        rows: list[dict[str, Any]],
+        conn: sa.Connection | None,
+        window: float,
+    ) -> list[int | None]:
+        """Insert ``rows`` (keys unique among them) whose keys win their dedup window.
+
+        One transaction: claim the keys' windows (see squeal/dialects/dedup.py), insert the
+        messages of the keys won and of the rows without a key, and give back the windows of
+        keys a live message still holds. Returns one id or None per row.
+        """
+        topic, windows = shared["topic"], self._windows
+        window_ms = check.to_ms(window)
+        keys = [row["dedup_key"] for row in rows if row["dedup_key"] is not None]
+
+        def put(ex: Executor) -> list[int | None]:
+            won = windows.claim(ex, topic, keys, window_ms)
+            admit = [r["dedup_key"] is None or r["dedup_key"] in won for r in rows]
+            admitted = [r for r, ok in zip(rows, admit, strict=True) if ok]
+            ids: list[int | None] = []
+            for chunk in _chunks(admitted) if admitted else []:
+                ids.extend(self._strategy.insert(ex, shared, chunk))
+            by_row = iter(ids)
+            result = [next(by_row) if ok else None for ok in admit]
+            # A live message holds these keys, so their puts were not accepted after all.
+            held = [
+                r["dedup_key"]
+                for r, ok, i in zip(rows, admit, result, strict=True)
+                if ok and i is None
+            ]
+            if held:
+                ex.count(windows.forget, {"dedup_topic": topic, "dedup_keys": held})
+            return result
+
+        result = self._session.write(put, conn, atomic=True)
+        if conn is None:
+            self._count_window_keys(len(keys))
+        return result
+
+    def _count_window_keys(self, n: int) -> None:
+        """Sweep expired dedup rows after every SWEEP_EVERY keys recorded (on our connection)."""
+        before = self._window_keys
+        self._window_keys = after = before + n
+        if after // SWEEP_EVERY == before // SWEEP_EVERY:
+            return
+        try:
+            swept = self._session.write(
+                self._windows.sweep, None, atomic=self._windows.sweep_is_atomic
+            )
+        except DatabaseError as error:  # housekeeping: the put itself has committed
+            log.event("dedup_sweep_failed", log.WARNING, error=str(error))
+            return
+        log.event("dedup_sweep", deleted=swept)
 
     def _shared(self, topic: object, priority: object, delay: object) -> dict[str, Any]:
         """The validated columns every message of one put or put_many shares."""
@@ -334,7 +428,7 @@ class Queue:
                 max_attempts=self._max_attempts,
             )
         )
-        return [
+        messages = [
             Message(
                 self,
                 id=row.id,
@@ -347,6 +441,8 @@ class Queue:
             )
             for row in rows
         ]
+        log.claimed(topic, messages)
+        return messages
 
     # -- settling -------------------------------------------------------------------------------
 
@@ -402,7 +498,12 @@ class Queue:
                 )
 
         tokens = len({msg.lease_token for msg in messages})
-        self._session.write(ack, connection, atomic=tokens > 1, commit_on=LeaseLost)
+        try:
+            self._session.write(ack, connection, atomic=tokens > 1, commit_on=LeaseLost)
+        except LeaseLost as lost:
+            log.lease_lost("ack", messages, lost.message_id)
+            raise
+        log.settled("ack", messages)
 
     def _nack(self, messages: Sequence[Message], delay: float | None) -> None:
         fixed = None if delay is None else check.seconds(delay, "delay")
@@ -415,11 +516,13 @@ class Queue:
             }
             for m in messages
         ]
-        self._update_each(self._strategy.nack, params, messages)
+        self._update_each(self._strategy.nack, params, messages, "nack")
+        log.nacked(messages, params, self._max_attempts)
 
     def _release(self, messages: Sequence[Message]) -> None:
         params = [{"msg_id": m.id, "token": m.lease_token} for m in messages]
-        self._update_each(self._strategy.release, params, messages)
+        self._update_each(self._strategy.release, params, messages, "release")
+        log.settled("release", messages)
 
     def _touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
         vt = (
@@ -430,10 +533,14 @@ class Queue:
         params = [
             {"msg_id": m.id, "token": m.lease_token, "vt_ms": check.to_ms(vt)} for m in messages
         ]
-        self._update_each(self._strategy.touch, params, messages)
+        self._update_each(self._strategy.touch, params, messages, "touch")
 
     def _update_each(
-        self, stmt: sa.Update, params: list[dict[str, Any]], messages: Sequence[Message]
+        self,
+        stmt: sa.Update,
+        params: list[dict[str, Any]],
+        messages: Sequence[Message],
+        operation: str,
     ) -> None:
         """Run a lease-fenced UPDATE per message in one transaction; LeaseLost if any missed."""
         if not messages:
@@ -448,13 +555,46 @@ class Queue:
                     message_id=lost[0].id,
                 )
 
-        self._session.write(run, None, atomic=len(messages) > 1, commit_on=LeaseLost)
+        try:
+            self._session.write(run, None, atomic=len(messages) > 1, commit_on=LeaseLost)
+        except LeaseLost as lost:
+            log.lease_lost(operation, messages, lost.message_id)
+            raise
 
     def _backoff(self, attempts: int) -> float:
         """``failure_base_delay * 2**(attempts-1)``, capped, with up to 25% jitter below it."""
         exponent = min(max(attempts - 1, 0), 62)
         delay = min(self.max_failure_delay, self.failure_base_delay * 2.0**exponent)
         return delay * (1.0 - 0.25 * random.random())
+
+    # -- topic locks ----------------------------------------------------------------------------
+
+    def acquire_topic(self, *, exclude: Iterable[str] = ()) -> TopicLock | None:
+        """Lock one topic with ready messages for this consumer alone, most ready first.
+
+        The lock lasts ``topic_lock_timeout`` seconds unless touched; a lock that ran out may
+        be taken over by anybody. Locks are cooperative: ``get`` ignores them, so a consumer
+        should only ``get`` from topics whose lock it holds.
+
+        Args:
+            exclude: topics not to lock (for example the ones this consumer already holds).
+
+        Returns:
+            The lock, or None when every topic with ready messages is locked (by anybody, this
+            queue included) or excluded, or no message is ready.
+
+        Raises:
+            ValueError / TypeError: a bad ``exclude`` (a lone str is refused).
+        """
+        return self._topic_locks.acquire(exclude, self._max_attempts)
+
+    def held_topics(self) -> list[TopicLock]:
+        """The topic locks this Queue object acquired and has not released (nor seen lost)."""
+        return self._topic_locks.held()
+
+    def release_topics(self) -> int:
+        """Release every lock of :meth:`held_topics`, skipping lost ones; return how many."""
+        return self._topic_locks.release_all()
 
     # -- looking and repairing ------------------------------------------------------------------
 
@@ -526,10 +666,51 @@ class Queue:
         )
 
     def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
-        """Delete every message of ``topic`` (or only its dead ones); return how many."""
+        """Delete every message of ``topic`` (or only its dead ones); return how many.
+
+        Purging the whole topic also forgets its dedup windows (see :meth:`dedup_override`).
+        """
         params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
-        stmt = self._admin.purge_dead if dead_only else self._admin.purge_all
-        return int(self._session.write(lambda ex: ex.count(stmt, params)))
+        if dead_only:
+            return int(self._session.write(lambda ex: ex.count(self._admin.purge_dead, params)))
+
+        def purge(ex: Executor) -> int:
+            ex.count(self._windows.purge, {"in_topic": params["in_topic"]})
+            return ex.count(self._admin.purge_all, params)
+
+        return int(self._session.write(purge, None, atomic=True))
+
+    def dedup_override(
+        self, keys: Iterable[str], topic: str = "default", *, window: float | None
+    ) -> None:
+        """Set the dedup window of ``keys`` in ``topic`` to ``window`` seconds from now.
+
+        A key with a window blocks puts of that key through queues that have a
+        ``dedup_window`` until it runs out, whether or not it blocks now. A live message with
+        the key still blocks it as well; this changes only the window.
+
+        Args:
+            keys: dedup keys (an iterable of str; a lone str is refused).
+            window: seconds from now, replacing any current window; None or 0 clears the
+                windows of ``keys`` at once.
+
+        Raises:
+            ValueError / TypeError: a bad argument; nothing was sent to the database.
+        """
+        chosen = check.texts(keys, "keys")
+        topic = check.text(topic, "topic")
+        seconds = None if window is None else check.seconds(window, "window")
+        if not chosen:
+            return
+        windows = self._windows
+        if seconds:
+            window_ms = check.to_ms(seconds)
+            self._session.write(
+                lambda ex: windows.override(ex, topic, chosen, window_ms), None, atomic=True
+            )
+        else:
+            forget = {"dedup_topic": topic, "dedup_keys": chosen}
+            self._session.write(lambda ex: ex.count(windows.forget, forget))
 
 
 def _stored(cls: type[S], rows: list[Any]) -> list[S]:

@@ -51,6 +51,19 @@ def optional_text(value: object, what: str) -> str | None:
     return None if value is None else text(value, what)
 
 
+def texts(value: object, what: str) -> list[str]:
+    """Distinct topics or dedup keys of an iterable, in order (a lone str is refused)."""
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        raise InvalidType(f"{what} must be an iterable of str, not {type(value).__name__}")
+    try:
+        items = iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidType(
+            f"{what} must be an iterable of str, not {type(value).__name__}"
+        ) from None
+    return list(dict.fromkeys(text(item, what) for item in items))
+
+
 def priority(value: object) -> int:
     """A signed 32-bit int (bool is refused)."""
     if isinstance(value, bool) or not isinstance(value, int):
