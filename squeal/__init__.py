@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from squeal.buffer import Buffer
 from squeal.errors import (
     AlreadyReleased,
     AlreadySettled,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyReleased",
     "AlreadySettled",
+    "Buffer",
     "DatabaseBusy",
     "DatabaseError",
     "DeadMessage",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
@@ -29,8 +30,9 @@ class Message:
     """
 
     __slots__ = (
+        "_is_settled",
+        "_on_settle",
         "_queue",
-        "_settled",
         "attempts",
         "enqueued_at",
         "id",
@@ -53,6 +55,8 @@ class Message:
         lease_token: int,
     ) -> None:
         self._queue = queue
+        #: Called once when the handle becomes settled (a Buffer frees its quota slot).
+        self._on_settle: Callable[[Message], None] | None = None
         self._settled = False
         self.id = id
         self.topic = topic
@@ -72,6 +76,19 @@ class Message:
     def settled(self) -> bool:
         """True once this consumer acked, nacked or released the message."""
         return self._settled
+
+    @property
+    def _settled(self) -> bool:
+        return self._is_settled
+
+    @_settled.setter
+    def _settled(self, value: bool) -> None:
+        # Every way of settling (these methods, Queue.ack_many / nack_many) ends here, so the
+        # watcher hears of it exactly once, and only after the database agreed.
+        self._is_settled = value
+        if value and self._on_settle is not None:
+            watcher, self._on_settle = self._on_settle, None
+            watcher(self)
 
     def _settle(self) -> None:
         if self._settled:
