@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,11 +26,19 @@ GRANTS = {
     ("postgresql", "producer"): [
         "GRANT SELECT, INSERT ON {prefix}_message TO {role}",
         "GRANT USAGE ON SEQUENCE {prefix}_message_id_seq TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_dedup TO {role}",
     ],
-    ("postgresql", "consumer"): ["GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}"],
-    ("mysql", "producer"): ["GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'"],
+    ("postgresql", "consumer"): [
+        "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO {role}",
+    ],
+    ("mysql", "producer"): [
+        "GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_dedup TO '{role}'@'127.0.0.1'",
+    ],
     ("mysql", "consumer"): [
-        "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'"
+        "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO '{role}'@'127.0.0.1'",
     ],
 }
 DROP = {
@@ -41,19 +50,19 @@ DROP = {
 @pytest.fixture
 def role_queue(
     db: str, db_url: str, engine: sa.Engine, make_queue: Callable[..., Queue]
-) -> Iterator[Callable[[str], Queue]]:
+) -> Iterator[Callable[..., Queue]]:
     """Queues that connect as a fresh producer or consumer role; the roles are dropped after."""
     prefix = make_queue().prefix
     made: list[tuple[str, sa.Engine]] = []
 
-    def make(kind: str) -> Queue:
+    def make(kind: str, **options: Any) -> Queue:
         role = f"sq_{kind}_{secrets.token_hex(3)}"
         with engine.begin() as conn:
             for sql in SETUP[db] + GRANTS[(db, kind)]:
                 conn.exec_driver_sql(sql.format(role=role, prefix=prefix))
         eng = sa.create_engine(sa.make_url(db_url).set(username=role, password=None))
         made.append((role, eng))
-        return Queue(eng, prefix=prefix)
+        return Queue(eng, prefix=prefix, **options)
 
     yield make
     for role, eng in made:
@@ -65,7 +74,7 @@ def role_queue(
 
 @pytest.mark.dialects("postgresql", "mysql")
 def test_producer_and_consumer_roles_can_do_their_part_and_are_refused_the_rest(
-    role_queue: Callable[[str], Queue],
+    role_queue: Callable[..., Queue],
 ) -> None:
     """T13: the producer puts but cannot claim; the consumer claims and acks but cannot put."""
     producer = role_queue("producer")
@@ -83,3 +92,28 @@ def test_producer_and_consumer_roles_can_do_their_part_and_are_refused_the_rest(
     n.nack(delay=0)
     with pytest.raises(DatabaseError):
         consumer.put(b"three")
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_dedup_windows_and_topic_locks_need_only_their_own_tables(
+    role_queue: Callable[..., Queue],
+) -> None:
+    """T13: a windowed producer and a topic-locking consumer work with the documented GRANTs."""
+    producer = role_queue("producer", dedup_window=60.0)
+    consumer = role_queue("consumer")
+    ids = producer.put_many([b"a", b"b"], topic="t", dedup_keys=["k1", "k2"])
+    assert all(i is not None for i in ids)
+    lock = consumer.acquire_topic()
+    assert lock is not None
+    assert lock.topic == "t"
+    lock.touch()
+    m = consumer.get("t")
+    assert m is not None
+    assert m.payload == b"a"
+    m.ack()
+    lock.release()
+    assert producer.put(b"again", topic="t", dedup_key="k1") is None  # the window holds
+    producer.dedup_override(["k1"], topic="t", window=None)
+    assert producer.put(b"again", topic="t", dedup_key="k1") is not None
+    with pytest.raises(DatabaseError):
+        consumer.put(b"three", topic="t", dedup_key="k9")
