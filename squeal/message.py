@@ -30,11 +30,11 @@ class Message:
     """
 
     __slots__ = (
+        "_enqueued_ms",
         "_is_settled",
         "_on_settle",
         "_queue",
         "attempts",
-        "enqueued_at",
         "id",
         "lease_token",
         "payload",
@@ -51,7 +51,7 @@ class Message:
         payload: bytes,
         priority: int,
         attempts: int,
-        enqueued_at: datetime,
+        enqueued_ms: int,
         lease_token: int,
     ) -> None:
         self._queue = queue
@@ -63,8 +63,13 @@ class Message:
         self.payload = payload
         self.priority = priority
         self.attempts = attempts
-        self.enqueued_at = enqueued_at
+        self._enqueued_ms = enqueued_ms
         self.lease_token = lease_token
+
+    @property
+    def enqueued_at(self) -> datetime:
+        """When the message was put (UTC, the database's clock; made when first read)."""
+        return from_ms(self._enqueued_ms)
 
     def __repr__(self) -> str:
         return (

@@ -436,7 +436,7 @@ class Queue:
                 payload=bytes(row.payload),
                 priority=-row.neg_priority,
                 attempts=row.attempts,
-                enqueued_at=from_ms(row.enqueued_at),
+                enqueued_ms=row.enqueued_at,
                 lease_token=token,
             )
             for row in rows
