@@ -46,3 +46,14 @@ def tests_db(session: nox.Session, db: str) -> None:
     if db == "mysql" and "SQUEAL_TEST_MYSQL_URL" not in os.environ:
         session.log("mysql: the default MariaDB/MySQL URL; set SQUEAL_TEST_MYSQL_URL to change it")
     session.run("pytest", f"--db={db}", "--require-db", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """squeal bench against the raw-driver floor; pass bench options after ``--``.
+
+    Without options it measures a temporary SQLite file; for example
+    ``nox -s bench -- --url postgresql+psycopg://... --url mysql+pymysql://... --png bench.png``.
+    """
+    session.install("-e", ".[dev,bench]")
+    session.run("squeal", "bench", *session.posargs)

@@ -659,6 +659,24 @@ def demo_command(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from squeal import bench
+
+    bench.add_arguments(parser)
+
+
+@command(
+    "bench",
+    help="measure squeal against hand-written driver code on each --url (see docs/performance.md)",
+    arguments=_bench_arguments,
+)
+def bench_command(args: argparse.Namespace) -> int:
+    """``squeal bench``: see squeal/bench.py."""
+    from squeal import bench
+
+    return bench.run(args)
+
+
 # -- entry point ----------------------------------------------------------------------------------
 
 

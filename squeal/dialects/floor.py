@@ -1,0 +1,402 @@
+"""The floor ``squeal bench`` compares squeal with: the same queue work written by hand.
+
+Each class here is what a careful application would write against the raw driver (sqlite3,
+psycopg 3, PyMySQL) with no SQLAlchemy on the path: its own connection, SQL text written once,
+one commit per operation. It works on squeal's own tables (created by ``squeal.migrate``), so
+both sides use the same indexes. Its claim does the job DESIGN.md asks of any claim: the best
+of the topic's ready rows and of its *due* rows (expired leases, ended delays: "the claim
+treats expired leases as ready"), in priority, then id, order, skipping rows other consumers
+hold where the database can, setting the lease columns squeal sets. It does no more: due rows
+it does not take stay as they are (squeal's claim moves them to READY, or DEAD after their last
+attempt), and it has no attempt limit (the bench's queues have none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+
+from squeal.schema import READY, WAITING, validate_prefix
+
+#: The columns a claim returns (what a ``Message`` carries), in this order.
+CLAIMED = "id, payload, neg_priority, attempts, enqueued_at"
+#: The polling backoff while waiting for a message (the same as squeal's ``Poller``).
+FIRST_POLL = 0.01
+POLL_CAP = 0.1
+
+ClaimedRows = list[tuple[Any, ...]]
+
+
+class Floor:
+    """Hand-written queue operations on squeal's tables; one DB-API connection of its own."""
+
+    #: The database clock in epoch milliseconds, as SQL.
+    now: ClassVar[str] = ""
+    #: The driver's parameter marker.
+    mark: ClassVar[str] = "%s"
+
+    def __init__(self, url: sa.URL, prefix: str) -> None:
+        self.table = f"{validate_prefix(prefix)}_message"
+        self.conn: Any = self.connect(url)
+        self.cur: Any = self.conn.cursor()
+        t, now, p = self.table, self.now, self.mark
+        columns = "topic, neg_priority, state, visible_at, enqueued_at, attempts, payload"
+        self._row = f"({p}, {p}, {READY}, NULL, {now}, 0, {p})"
+        self._insert = f"INSERT INTO {t} ({columns}) VALUES "
+        self._ready = (
+            f"SELECT id FROM {t} WHERE topic = {p} AND state = {READY} "
+            f"ORDER BY neg_priority, id LIMIT {p}"
+        )
+        #: Due rows: only WAITING rows have a visible time; walks the (topic, visible_at) index.
+        self._due = (
+            f"SELECT id, neg_priority FROM {t} WHERE topic = {p} AND visible_at <= {now} "
+            f"ORDER BY visible_at LIMIT {p}"
+        )
+        #: The best ``limit`` of the two candidate sets (each a derived table named so).
+        self._best = f"SELECT id FROM ({{}}) AS c ORDER BY neg_priority, id LIMIT {p}"
+        self._take = (
+            f"UPDATE {t} SET state = {WAITING}, visible_at = {now} + {p}, "
+            f"attempts = attempts + 1, lease_token = {p}"
+        )
+        self._ack = f"DELETE FROM {t} WHERE id = {p} AND lease_token = {p}"
+        self._claim = self.claim_sql()
+
+    def claim_sql(self) -> str:
+        """The claim statement (written once)."""
+        return ""
+
+    def connect(self, url: sa.URL) -> Any:
+        """A new autocommit DB-API connection to ``url``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # -- the operations ---------------------------------------------------------------------------
+
+    def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
+        """Insert one ready message; its id."""
+        raise NotImplementedError
+
+    def put_many(self, payloads: Sequence[bytes], topic: str, priority: int = 0) -> list[int]:
+        """Insert ready messages with one multi-row INSERT; their ids."""
+        sql = self._insert + ", ".join([self._row] * len(payloads)) + " RETURNING id"
+        params: list[Any] = []
+        for payload in payloads:
+            params += [topic, -priority, payload]
+        self.cur.execute(sql, params)
+        return [row[0] for row in self.cur.fetchall()]
+
+    def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
+        """Lease up to ``limit`` ready messages; (lease token, rows of :data:`CLAIMED`)."""
+        raise NotImplementedError
+
+    def ack(self, msg_id: int, token: int) -> bool:
+        """Delete one message if the lease is still ours."""
+        self.cur.execute(self._ack, (msg_id, token))
+        return bool(self.cur.rowcount == 1)
+
+    def ack_many(self, ids: Sequence[int], token: int) -> int:
+        """Delete leased messages with one statement; how many."""
+        marks = ", ".join([self.mark] * len(ids))
+        sql = f"DELETE FROM {self.table} WHERE lease_token = {self.mark} AND id IN ({marks})"
+        self.cur.execute(sql, (token, *ids))
+        return int(self.cur.rowcount)
+
+    def wait_claim(self, topic: str, vt_ms: int, timeout: float) -> tuple[int, ClaimedRows]:
+        """Claim one message, polling with backoff until one comes or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        pause = FIRST_POLL
+        while True:
+            token, rows = self.claim(topic, 1, vt_ms)
+            remaining = deadline - time.monotonic()
+            if rows or remaining <= 0:
+                return token, rows
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, POLL_CAP)
+
+    # -- bench support (not measured) --------------------------------------------------------
+
+    def fill(self, topic: str, payload: bytes, count: int, *, priority: int = 0) -> None:
+        """Insert ``count`` ready messages fast (multi-row statements of 500)."""
+        done = 0
+        while done < count:
+            n = min(500, count - done)
+            self.put_many([payload] * n, topic, priority)
+            done += n
+
+    def fill_waiting(self, topic: str, payload: bytes, count: int, *, priority: int) -> None:
+        """Insert ``count`` messages that wait an hour: half leased, half delayed."""
+        t, p, now = self.table, self.mark, self.now
+        hour = 3_600_000
+        columns = (
+            "topic, neg_priority, state, visible_at, enqueued_at, attempts, lease_token, payload"
+        )
+        row = f"({p}, {p}, {WAITING}, {now} + {hour}, {now}, {p}, {p}, {p})"
+        done = 0
+        cur = self.cur
+        while done < count:
+            n = min(500, count - done)
+            params: list[Any] = []
+            for i in range(n):
+                leased = (done + i) % 2 == 0
+                token = random.getrandbits(63) if leased else None
+                params += [topic, -priority, 1 if leased else 0, token, payload]
+            cur.execute(f"INSERT INTO {t} ({columns}) VALUES " + ", ".join([row] * n), params)
+            done += n
+
+    def delete_topic(self, topic: str) -> None:
+        """Delete every message of ``topic``."""
+        self.cur.execute(f"DELETE FROM {self.table} WHERE topic = {self.mark}", (topic,))
+
+    def settings(self) -> dict[str, str]:
+        """The server's version and the durability settings that matter for throughput."""
+        raise NotImplementedError
+
+    def _one(self, sql: str) -> str:
+        self.cur.execute(sql)
+        return str(self.cur.fetchone()[0])
+
+
+class SQLiteFloor(Floor):
+    """sqlite3: autocommit puts and acks; claims in BEGIN IMMEDIATE with UPDATE ... RETURNING."""
+
+    now = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
+    mark = "?"
+
+    def connect(self, url: sa.URL) -> Any:
+        import sqlite3
+
+        return sqlite3.connect(url.database or "", isolation_level=None, timeout=30.0)
+
+    def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
+        cur = self.cur
+        cur.execute(self._insert + self._row, (topic, -priority, payload))
+        return int(cur.lastrowid)
+
+    def claim_sql(self) -> str:
+        ready = self._ready.replace("SELECT id ", "SELECT id, neg_priority ", 1)
+        both = f"SELECT * FROM ({ready}) UNION ALL SELECT * FROM ({self._due})"
+        return f"{self._take} WHERE id IN ({self._best.format(both)}) RETURNING {CLAIMED}"
+
+    def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
+        token = random.getrandbits(63)
+        cur = self.cur
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(self._claim, (vt_ms, token, topic, limit, topic, limit, limit))
+            rows = cur.fetchall()
+            cur.execute("COMMIT")
+        except BaseException:
+            self.conn.rollback()
+            raise
+        return token, rows
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "version": f"SQLite {self._one('SELECT sqlite_version()')}",
+            "journal_mode": self._one("PRAGMA journal_mode"),
+            "synchronous": {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}.get(
+                s := self._one("PRAGMA synchronous"), s
+            ),
+        }
+
+
+class PostgreSQLFloor(Floor):
+    """psycopg 3, autocommit: each operation is one statement; the claim skips locked rows."""
+
+    now = "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
+
+    def __init__(self, url: sa.URL, prefix: str) -> None:
+        super().__init__(url, prefix)
+        self.url = url
+        #: Puts announce themselves on this channel, as squeal's do; waiting consumers LISTEN.
+        self.channel = f"{validate_prefix(prefix)}_floor_wake"
+        self._listener: Any = None
+
+    def connect(self, url: sa.URL) -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            autocommit=True,
+        )
+
+    def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
+        sql = (
+            f"WITH ins AS ({self._insert}{self._row} RETURNING id) "
+            "SELECT id FROM ins WHERE pg_notify(%s, %s)::text IS NOT NULL"
+        )
+        self.cur.execute(sql, (topic, -priority, payload, self.channel, topic))
+        return int(self.cur.fetchone()[0])
+
+    def put_many(self, payloads: Sequence[bytes], topic: str, priority: int = 0) -> list[int]:
+        rows = ", ".join([self._row] * len(payloads))
+        sql = (
+            f"WITH ins AS ({self._insert}{rows} RETURNING id) "
+            "SELECT id FROM ins WHERE pg_notify(%s, %s)::text IS NOT NULL"
+        )
+        params: list[Any] = []
+        for payload in payloads:
+            params += [topic, -priority, payload]
+        self.cur.execute(sql, [*params, self.channel, topic])
+        return [r[0] for r in self.cur.fetchall()]
+
+    def claim_sql(self) -> str:
+        ready = self._ready.replace("SELECT id ", "SELECT id, neg_priority ", 1)
+        both = "SELECT * FROM ready UNION ALL SELECT * FROM due"
+        return (
+            f"WITH ready AS ({ready} FOR UPDATE SKIP LOCKED), "
+            f"due AS ({self._due} FOR UPDATE SKIP LOCKED) "
+            f"{self._take} WHERE id = ANY(ARRAY({self._best.format(both)})) "
+            f"RETURNING {CLAIMED}"
+        )
+
+    def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
+        token = random.getrandbits(63)
+        self.cur.execute(self._claim, (topic, limit, topic, limit, vt_ms, token, limit))
+        return token, self.cur.fetchall()
+
+    def wait_claim(self, topic: str, vt_ms: int, timeout: float) -> tuple[int, ClaimedRows]:
+        """Claim; when nothing is ready, sleep on LISTEN until a put announces one."""
+        if self._listener is None:
+            self._listener = self.connect(self.url)
+            self._listener.execute(f'LISTEN "{self.channel}"')
+        deadline = time.monotonic() + timeout
+        while True:
+            token, rows = self.claim(topic, 1, vt_ms)
+            remaining = deadline - time.monotonic()
+            if rows or remaining <= 0:
+                return token, rows
+            for _ in self._listener.notifies(timeout=min(remaining, 0.5), stop_after=1):
+                pass
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        super().close()
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "version": "PostgreSQL " + self._one("SHOW server_version"),
+            "fsync": self._one("SHOW fsync"),
+            "synchronous_commit": self._one("SHOW synchronous_commit"),
+            "wal_sync_method": self._one("SHOW wal_sync_method"),
+            # Off, nothing analyses squeal's fresh tables: the planner works without statistics.
+            "autovacuum": self._one("SHOW autovacuum"),
+            "plan_cache_mode": self._one("SHOW plan_cache_mode"),
+        }
+
+
+class MySQLFloor(Floor):
+    """PyMySQL, autocommit, READ COMMITTED: a claim is SELECT ... SKIP LOCKED, then UPDATE."""
+
+    now = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
+
+    def connect(self, url: sa.URL) -> Any:
+        # Untyped driver: loaded by name so that mypy needs no stubs for it.
+        pymysql: Any = importlib.import_module("pymysql")
+        conn = pymysql.connect(
+            host=url.host or "localhost",
+            port=url.port or 3306,
+            user=url.username or "",
+            password=url.password or "",
+            database=url.database,
+            autocommit=True,
+        )
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.execute("SELECT @@version")
+            self._returning = "mariadb" in str(cur.fetchone()[0]).lower()
+        return conn
+
+    def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
+        cur = self.cur
+        cur.execute(self._insert + self._row, (topic.encode(), -priority, payload))
+        return int(cur.lastrowid)
+
+    def put_many(self, payloads: Sequence[bytes], topic: str, priority: int = 0) -> list[int]:
+        if self._returning:
+            return super().put_many(payloads, topic.encode(), priority)  # type: ignore[arg-type]
+        # MySQL has no INSERT ... RETURNING: a multi-row insert takes consecutive ids.
+        params: list[Any] = []
+        for payload in payloads:
+            params += [topic.encode(), -priority, payload]
+        self.cur.execute(self._insert + ", ".join([self._row] * len(payloads)), params)
+        first = int(self.cur.lastrowid)
+        return list(range(first, first + len(payloads)))
+
+    def claim_sql(self) -> str:
+        # Each index must match its ORDER BY exactly, or InnoDB locks every row it sorts.
+        t = self.table
+        return (
+            f"(SELECT {CLAIMED} FROM {t} FORCE INDEX ({t}_claim_ix) "
+            f"WHERE topic = %s AND state = {READY} ORDER BY neg_priority, id LIMIT %s "
+            "FOR UPDATE SKIP LOCKED) UNION ALL "
+            f"(SELECT {CLAIMED} FROM {t} FORCE INDEX ({t}_due_ix) "
+            f"WHERE topic = %s AND visible_at <= {self.now} ORDER BY visible_at LIMIT %s "
+            "FOR UPDATE SKIP LOCKED)"
+        )
+
+    def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
+        token = random.getrandbits(63)
+        conn = self.conn
+        cur = self.cur
+        conn.begin()
+        try:
+            cur.execute(self._claim, (topic.encode(), limit, topic.encode(), limit))
+            rows = sorted(cur.fetchall(), key=lambda r: (r[2], r[0]))[:limit]
+            if rows:
+                marks = ", ".join(["%s"] * len(rows))
+                cur.execute(
+                    f"{self._take} WHERE id IN ({marks})", (vt_ms, token, *[r[0] for r in rows])
+                )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return token, [(r[0], r[1], r[2], r[3] + 1, r[4]) for r in rows]
+
+    def fill_waiting(self, topic: str, payload: bytes, count: int, *, priority: int) -> None:
+        super().fill_waiting(topic.encode(), payload, count, priority=priority)  # type: ignore[arg-type]
+
+    def delete_topic(self, topic: str) -> None:
+        super().delete_topic(topic.encode())  # type: ignore[arg-type]
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "version": self._one("SELECT @@version"),
+            "innodb_flush_log_at_trx_commit": self._one("SELECT @@innodb_flush_log_at_trx_commit"),
+            "sync_binlog": self._one("SELECT @@sync_binlog"),
+        }
+
+
+_FLOORS: dict[str, type[Floor]] = {
+    "sqlite": SQLiteFloor,
+    "postgresql": PostgreSQLFloor,
+    "mysql": MySQLFloor,
+    "mariadb": MySQLFloor,
+}
+
+
+def floor_for(url: sa.URL, prefix: str) -> Floor:
+    """The floor for ``url``'s database, connected."""
+    name = url.get_backend_name()
+    try:
+        cls = _FLOORS[name]
+    except KeyError:
+        raise ValueError(f"no raw-driver floor for the {name!r} database") from None
+    return cls(url, prefix)
+
+
+__all__ = ["CLAIMED", "Floor", "floor_for"]

@@ -1,0 +1,59 @@
+"""``squeal bench --quick`` as CI runs it: every row measured on each database, nothing left behind.
+
+A smoke run: it checks that the bench works and cleans up, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+SQUEAL = str(Path(sys.executable).with_name("squeal"))
+ROWS = {
+    "put",
+    "get_ack",
+    "batch",
+    "backlog_small",
+    "backlog_large",
+    "ahead",
+    "drain_2",
+    "drain_8",
+    "latency",
+    "memory",
+}
+
+
+def test_quick_bench_measures_every_row_and_drops_its_tables(db_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [SQUEAL, "bench", "--quick", "--url", db_url, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+    document = json.loads(out.read_text())
+    (result,) = document["databases"]
+    assert set(result["rows"]) == ROWS
+    for name, row in result["rows"].items():
+        assert row["squeal"] > 0, name
+        assert row["floor"] > 0, name
+    assert result["settings"]["version"]
+    assert "ratio" in done.stdout  # the table was printed
+
+    prefix = result["prefix"]
+    assert prefix.startswith("bench_")
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        left = [t for t in sa.inspect(engine).get_table_names() if t.startswith(prefix)]
+    finally:
+        engine.dispose()
+    assert left == []
