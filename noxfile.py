@@ -1,4 +1,4 @@
-"""Sessions: tests per database, lint, typecheck. A bare ``nox`` runs lint, typecheck and tests."""
+"""Sessions: tests per database, lint, typecheck, bench; a bare ``nox``: lint, typecheck, tests."""
 
 from __future__ import annotations
 
