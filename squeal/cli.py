@@ -273,9 +273,11 @@ def migrate_command(args: argparse.Namespace) -> int:
             strategy = strategy_for(engine, build_tables(prefix))
             with engine.connect() as conn:
                 strategy.check_server(conn)
-            migrate.upgrade(engine, prefix=prefix, revision=revision or "head")
+            # What the tables were at once this run held the migration lock: a run that waited
+            # for a concurrent one finds the work done and says so.
+            before = migrate.upgrade(engine, prefix=prefix, revision=revision or "head")
         else:
-            migrate.downgrade(engine, prefix=prefix, revision=revision or "base")
+            before = migrate.downgrade(engine, prefix=prefix, revision=revision or "base")
         after = migrate.current(engine, prefix=prefix)
     if before == after:
         print(f"squeal: {where} is already at {_describe(after, head)}")

@@ -68,11 +68,15 @@ def head() -> str:
     return heads[0]
 
 
-def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head") -> None:
+def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head") -> str | None:
     """Create or upgrade squeal's tables for ``prefix`` to ``revision``.
 
     Concurrent upgrades of one prefix (other processes, ``squeal migrate``, squeal's env.py
     under ``alembic``) take turns under a database lock; a later one finds nothing to do.
+
+    Returns:
+        The revision the tables were at when this upgrade got the lock (None: no tables), so
+        a caller that waited for another upgrade can tell that it found nothing to do.
 
     Raises:
         UnsupportedDatabase: before any DDL runs, when squeal cannot run on this database.
@@ -82,10 +86,12 @@ def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head"
     with engine.connect() as conn:
         strategy.check_server(conn)
         with migration_transaction(conn, prefix):
+            before = _revision(conn, prefix)
             command.upgrade(config(prefix, connection=conn), revision)
     with engine.connect() as conn:
         strategy.after_migrate(conn)
         conn.commit()
+    return before
 
 
 def downgrade(
@@ -94,19 +100,28 @@ def downgrade(
     prefix: str = "squeal",
     revision: str = "base",
     drop_version_table: bool = False,
-) -> None:
-    """Downgrade squeal's tables to ``revision``; ``base`` removes them all (under the lock)."""
+) -> str | None:
+    """Downgrade squeal's tables to ``revision``; ``base`` removes them all (under the lock).
+
+    Returns the revision the tables were at when this downgrade got the lock (None: none).
+    """
     with engine.connect() as conn, migration_transaction(conn, prefix):
+        before = _revision(conn, prefix)
         command.downgrade(config(prefix, connection=conn), revision)
         if drop_version_table and revision == "base":
             sa.Table(version_table(prefix), sa.MetaData()).drop(conn, checkfirst=True)
+    return before
 
 
 def current(engine: sa.Engine, *, prefix: str = "squeal") -> str | None:
     """The revision squeal's tables are at, or None when they do not exist."""
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": version_table(prefix)})
-        return ctx.get_current_revision()
+        return _revision(conn, prefix)
+
+
+def _revision(conn: sa.Connection, prefix: str) -> str | None:
+    ctx = MigrationContext.configure(conn, opts={"version_table": version_table(prefix)})
+    return ctx.get_current_revision()
 
 
 def schema_diff(engine: sa.Engine, *, prefix: str = "squeal") -> list[Any]:

@@ -48,7 +48,7 @@ class Queue:
         max_payload_size: largest payload in bytes (default 1 MiB, at most 512 MiB).
         notify: PostgreSQL only: puts send a wake-up notification and ``get(wait=...)``
             listens for it on a dedicated connection (False: plain polling, no NOTIFY).
-        topic_lock_timeout: seconds a topic lock (:meth:`acquire_topic`) lasts unless touched.
+        topic_lock_timeout: seconds a topic lock (:meth:`acquire_topic`) lasts unless touched (900).
         dedup_window: seconds a put's ``dedup_key`` keeps blocking puts of that key in its
             topic, even after its message is acked (docs/dedup.md); None or 0: only while the
             message lives. Give every queue object of one prefix the same window.
@@ -70,7 +70,7 @@ class Queue:
         max_attempts: int | None = None,
         max_payload_size: int = 1_048_576,
         notify: bool = True,
-        topic_lock_timeout: float = 60.0,
+        topic_lock_timeout: float = 900.0,
         dedup_window: float | None = None,
     ) -> None:
         if not isinstance(engine, sa.Engine):
@@ -165,7 +165,7 @@ class Queue:
             "destroy",
         )
 
-    def _migrating(self, run: Callable[[], None], action: str) -> None:
+    def _migrating(self, run: Callable[[], object], action: str) -> None:
         try:
             run()
         except sa.exc.SQLAlchemyError as error:

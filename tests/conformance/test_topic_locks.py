@@ -184,9 +184,10 @@ def test_the_context_manager_releases_the_lock(queue: Queue) -> None:
     assert _acquired(queue).topic == "t"
 
 
-def test_touch_extends_the_lock(queue: Queue) -> None:
+def test_touch_extends_the_lock(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue(topic_lock_timeout=60.0)
     _fill(queue, {"t": 1})
-    lock = _acquired(queue)  # 60 s by default
+    lock = _acquired(queue)  # 60 s
     first = lock.expires_at
     lock.touch(600)
     assert 530 < (lock.expires_at - first).total_seconds() < 550
@@ -409,8 +410,8 @@ def test_topic_lock_timeout_is_validated(engine: sa.Engine, value: object, error
         Queue(engine, topic_lock_timeout=value)  # type: ignore[arg-type]
 
 
-def test_topic_lock_timeout_defaults_to_a_minute(engine: sa.Engine) -> None:
-    assert Queue(engine).topic_lock_timeout == 60.0
+def test_topic_lock_timeout_defaults_to_a_quarter_hour(engine: sa.Engine) -> None:
+    assert Queue(engine).topic_lock_timeout == 900.0
     assert Queue(engine, topic_lock_timeout=2).topic_lock_timeout == 2.0
 
 

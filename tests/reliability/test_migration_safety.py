@@ -154,8 +154,7 @@ def test_four_processes_running_squeal_migrate_on_a_fresh_prefix_all_succeed(
 ) -> None:
     """Concurrent ``squeal migrate`` runs take turns under the migration lock: every one exits 0
     (the first creates the tables, the others then find them at head) and the schema is exact.
-
-    (Each CLI reads the revision before it waits for the lock, so several may print "upgraded".)
+    Each reads the revision once it holds the lock, so exactly one says it upgraded.
     """
     outcomes: list[list[int]] = []
     for round_ in range(3):
@@ -179,6 +178,9 @@ def test_four_processes_running_squeal_migrate_on_a_fresh_prefix_all_succeed(
             for p, (out, err) in zip(procs, results, strict=True):
                 assert p.returncode == 0, f"squeal migrate failed: {out.strip()} {err.strip()}"
                 assert "Traceback" not in err, err
+            said = sorted("upgraded" if " upgraded " in out else out.strip() for out, _ in results)
+            assert said.count("upgraded") == 1, said
+            assert all("is already at" in line for line in said if line != "upgraded"), said
             assert migrate.current(engine, prefix=name) == migrate.head()
             assert _schema_diff(engine, name) == []
             _round_trip(q)
