@@ -15,7 +15,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from squeal import LeaseLost, Message, Queue
+from tests.race import race
 
 REPO = Path(__file__).resolve().parents[2]
 TOPIC = "jobs"
@@ -288,34 +288,15 @@ def test_a_stale_consumer_after_a_reclaim_gets_lease_lost_and_changes_nothing(
     _assert_empty(queue)
 
 
-def _race(calls: list[Callable[[], object]]) -> list[object]:
-    """Run ``calls`` in threads released at once by a barrier: each one's result or exception."""
-    barrier = threading.Barrier(len(calls), timeout=10)
-    outcomes: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            outcomes[i] = calls[i]()
-        except Exception as exc:
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads)
-    return outcomes
-
-
 def test_a_late_ack_racing_a_reclaim_has_exactly_one_winner(queue: Queue, rival: Queue) -> None:
     for round_ in range(5):
         msg_id = queue.put(f"r{round_}".encode(), TOPIC)
         stale = queue.get(TOPIC, visibility_timeout=0.1)
         assert stale is not None
         time.sleep(0.15)  # the lease has expired; nobody re-claimed it yet
-        acked, claimed = _race([stale.ack, lambda: rival.get(TOPIC, visibility_timeout=30)])
+        acked, claimed = race(
+            [stale.ack, lambda: rival.get(TOPIC, visibility_timeout=30)], seconds=30
+        )
         if acked is None:  # the expired lease was still the current one: ack won
             assert claimed is None, f"round {round_}: acked and also delivered again"
         else:
@@ -332,7 +313,7 @@ def test_concurrent_duplicate_puts_from_threads_have_exactly_one_winner(queue: Q
     for round_ in range(rounds):
         key = f"key-{round_}"
         puts = [partial(queue.put, f"t{i}".encode(), TOPIC, dedup_key=key) for i in range(threads)]
-        results = _race(list(puts))
+        results = race(list(puts), seconds=30)
         assert [r for r in results if isinstance(r, Exception)] == []
         ids = [r for r in results if r is not None]
         assert len(ids) == 1, results

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from squeal import InvalidType, Queue, ValidationError
 from squeal.dialects.dedup import CHUNK, SWEEP_EVERY
 from squeal.schema import build_tables
+from tests.race import race
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOW = 60.0
@@ -243,11 +244,11 @@ def test_concurrent_duplicate_puts_from_threads_have_one_winner_per_window(
     threads, rounds = 6, 4
     for round_ in range(rounds):
         key = f"key-{round_}"
-        results = _race([partial(windowed.put, b"x", "t", dedup_key=key)] * threads)
+        results = race([partial(windowed.put, b"x", "t", dedup_key=key)] * threads, seconds=30)
         assert [r for r in results if isinstance(r, Exception)] == []
         assert len([r for r in results if r is not None]) == 1, results
         _drain(windowed, "t")
-    results = _race([partial(windowed.put, b"x", "t", dedup_key="key-0")] * threads)
+    results = race([partial(windowed.put, b"x", "t", dedup_key="key-0")] * threads, seconds=30)
     assert results == [None] * threads
 
 
@@ -378,24 +379,3 @@ def test_bad_window_arguments_are_refused_before_any_sql(
     with pytest.raises(InvalidType):
         windowed.dedup_override(["ok"], "t", window="1")  # type: ignore[arg-type]
     assert _dedup_rows(windowed) == {}
-
-
-def _race(calls: list[Callable[[], object]]) -> list[object]:
-    """Run ``calls`` in threads released at once by a barrier: each one's result or exception."""
-    barrier = threading.Barrier(len(calls), timeout=10)
-    outcomes: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            outcomes[i] = calls[i]()
-        except Exception as exc:
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads)
-    return outcomes

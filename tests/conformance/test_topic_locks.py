@@ -15,7 +15,6 @@ import random
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 
 import squeal
 from squeal import AlreadySettled, LeaseLost, Queue, TopicLock
+from tests.race import race
 
 #: A lock that runs out quickly, for the expiry and fencing tests.
 SHORT = 0.3
@@ -263,27 +263,6 @@ def test_the_lock_lost_event_is_logged(
     assert lost[0].levelno == logging.INFO
 
 
-def _race(calls: list[Callable[[], object]]) -> list[object]:
-    """Run ``calls`` in threads released at once by a barrier: each one's result or exception."""
-    barrier = threading.Barrier(len(calls), timeout=10)
-    outcomes: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            outcomes[i] = calls[i]()
-        except Exception as exc:
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    return outcomes
-
-
 def test_takers_racing_for_an_expired_lock_have_exactly_one_winner(
     make_queue: Callable[..., Queue], db_url: str, prefix: str
 ) -> None:
@@ -297,7 +276,7 @@ def test_takers_racing_for_an_expired_lock_have_exactly_one_winner(
         for round_ in range(3):
             stale = _acquired(queue)
             time.sleep(SHORT + 0.1)
-            outcomes = _race([t.acquire_topic for t in takers])
+            outcomes = race([t.acquire_topic for t in takers])
             winners = [o for o in outcomes if isinstance(o, TopicLock)]
             assert len(winners) == 1, f"round {round_}: {outcomes}"
             assert all(o is None for o in outcomes if o is not winners[0]), outcomes
@@ -318,7 +297,7 @@ def test_a_late_touch_racing_a_takeover_has_exactly_one_winner(
     for round_ in range(5):
         stale = _acquired(queue)
         time.sleep(SHORT + 0.1)  # expired; nobody took it over yet
-        touched, taken = _race([partial(stale.touch, 30), rival.acquire_topic])
+        touched, taken = race([partial(stale.touch, 30), rival.acquire_topic])
         if touched is None:  # the expired lock was still the holder's: touch won
             assert taken is None, f"round {round_}: touched and also taken over"
             stale.release()
@@ -373,7 +352,7 @@ def test_release_topics_skips_lost_locks(make_queue: Callable[..., Queue], rival
 def test_held_topics_is_thread_safe(queue: Queue) -> None:
     topics = {f"t{i:02}": 1 for i in range(24)}
     _fill(queue, topics)
-    outcomes = _race([queue.acquire_topic for _ in range(24)])
+    outcomes = race([queue.acquire_topic for _ in range(24)])
     locks = [o for o in outcomes if isinstance(o, TopicLock)]
     assert len(locks) == 24, outcomes
     assert {lock.topic for lock in locks} == set(topics)
