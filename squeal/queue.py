@@ -255,19 +255,18 @@ class Queue:
                 unique.append(row)
             if key is not None:
                 seen.add(key)
-        chunks = _chunks(unique)
-
-        def insert(ex: Executor) -> list[int | None]:
-            ids: list[int | None] = []
-            for chunk in chunks:
-                ids.extend(self._strategy.insert(ex, shared, chunk))
-            return ids
-
         window = self.dedup_window
         if window is not None and seen:
             inserted = iter(self._put_windowed(shared, unique, conn, window))
         else:
-            inserted = iter(self._session.write(insert, conn, atomic=len(chunks) > 1))
+            chunks = _chunks(unique)
+            inserted = iter(
+                self._session.write(
+                    lambda ex: self._insert_chunks(ex, shared, chunks),
+                    conn,
+                    atomic=len(chunks) > 1,
+                )
+            )
         first_of_key: set[str] = set()
         result: list[int | None] = []
         for row in rows:
@@ -302,9 +301,7 @@ class Queue:
             won = windows.claim(ex, topic, keys, window_ms)
             admit = [r["dedup_key"] is None or r["dedup_key"] in won for r in rows]
             admitted = [r for r, ok in zip(rows, admit, strict=True) if ok]
-            ids: list[int | None] = []
-            for chunk in _chunks(admitted) if admitted else []:
-                ids.extend(self._strategy.insert(ex, shared, chunk))
+            ids = self._insert_chunks(ex, shared, _chunks(admitted)) if admitted else []
             by_row = iter(ids)
             result = [next(by_row) if ok else None for ok in admit]
             # A live message holds these keys, so their puts were not accepted after all.
@@ -321,6 +318,15 @@ class Queue:
         if conn is None:
             self._count_window_keys(len(keys))
         return result
+
+    def _insert_chunks(
+        self, ex: Executor, shared: dict[str, Any], chunks: list[list[dict[str, Any]]]
+    ) -> list[int | None]:
+        """Insert each chunk of ``_chunks`` in turn; one id or None per row, in order."""
+        ids: list[int | None] = []
+        for chunk in chunks:
+            ids.extend(self._strategy.insert(ex, shared, chunk))
+        return ids
 
     def _count_window_keys(self, n: int) -> None:
         """Sweep expired dedup rows after every SWEEP_EVERY keys recorded (on our connection)."""

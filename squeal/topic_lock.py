@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from squeal import log
 from squeal import validation as check
 from squeal.dialects.locking import Lease, Locking
-from squeal.errors import AlreadyReleased, InvalidType, LeaseLost
+from squeal.errors import AlreadyReleased, LeaseLost
 from squeal.executor import Executor
 from squeal.message import from_ms
 from squeal.schema import text_value
@@ -106,7 +106,7 @@ class TopicLocks:
 
     def acquire(self, exclude: Iterable[str], max_attempts: int) -> TopicLock | None:
         """Lock the free topic with the most ready messages, or return None."""
-        skip = sorted(_topics(exclude))
+        skip = sorted(check.texts(exclude, "exclude"))
         session, locking = self._queue._session, self._locking
         ttl_ms = check.to_ms(self._queue.topic_lock_timeout)
         token = secrets.randbits(63)
@@ -183,19 +183,6 @@ class TopicLocks:
                 continue
             released += 1
         return released
-
-
-def _topics(exclude: Iterable[str]) -> set[str]:
-    """Validated topics of ``exclude`` (a lone str is refused: it is almost always a mistake)."""
-    if isinstance(exclude, (str, bytes, bytearray, memoryview)):
-        raise InvalidType(f"exclude must be an iterable of topics, not {type(exclude).__name__}")
-    try:
-        items = iter(exclude)
-    except TypeError:
-        raise InvalidType(
-            f"exclude must be an iterable of topics, not {type(exclude).__name__}"
-        ) from None
-    return {check.text(topic, "exclude topic") for topic in items}
 
 
 __all__ = ["TopicLock", "TopicLocks"]
