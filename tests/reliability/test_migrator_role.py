@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from squeal import DatabaseError, Queue, migrate
 from tests.reliability.helpers import REPO
-from tests.reliability.test_privileges import GRANTS, SETUP
+from tests.reliability.test_privileges import GRANTS, SETUP, do_their_part
 
 #: The migrator lines of docs/security.md, with ``public``/``app`` as the private database.
 MIGRATOR = {
@@ -128,15 +128,7 @@ def test_migrator_role_migrates_up_and_down_and_the_other_roles_work_on_its_tabl
 
     producer = role_queue("producer")
     consumer = role_queue("consumer")
-    producer.put(b"one")
-    producer.put(b"two", dedup_key="k")
-    m = consumer.get()
-    assert m is not None
-    assert m.payload == b"one"
-    m.ack()
-    n = consumer.get()
-    assert n is not None
-    n.nack(delay=0)
+    do_their_part(producer, consumer)
     producer.close()
     consumer.close()
 

@@ -47,6 +47,19 @@ DROP = {
 }
 
 
+def do_their_part(producer: Queue, consumer: Queue) -> None:
+    """The producer puts (once with a dedup key); the consumer claims, acks and nacks."""
+    producer.put(b"one")
+    producer.put(b"two", dedup_key="k")
+    m = consumer.get()
+    assert m is not None
+    assert m.payload == b"one"
+    m.ack()
+    n = consumer.get()
+    assert n is not None
+    n.nack(delay=0)
+
+
 @pytest.fixture
 def role_queue(
     db: str, db_url: str, engine: sa.Engine, make_queue: Callable[..., Queue]
@@ -79,17 +92,9 @@ def test_producer_and_consumer_roles_can_do_their_part_and_are_refused_the_rest(
     """T13: the producer puts but cannot claim; the consumer claims and acks but cannot put."""
     producer = role_queue("producer")
     consumer = role_queue("consumer")
-    producer.put(b"one")
-    producer.put(b"two", dedup_key="k")
+    do_their_part(producer, consumer)
     with pytest.raises(DatabaseError):
         producer.get()
-    m = consumer.get()
-    assert m is not None
-    assert m.payload == b"one"
-    m.ack()
-    n = consumer.get()
-    assert n is not None
-    n.nack(delay=0)
     with pytest.raises(DatabaseError):
         consumer.put(b"three")
 
