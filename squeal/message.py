@@ -57,7 +57,7 @@ class Message:
         self._queue = queue
         #: Called once when the handle becomes settled (a Buffer frees its quota slot).
         self._on_settle: Callable[[Message], None] | None = None
-        self._settled = False
+        self._is_settled = False  # not through the setter: nothing to tell yet
         self.id = id
         self.topic = topic
         self.payload = payload
