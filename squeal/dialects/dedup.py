@@ -155,20 +155,19 @@ class UpsertWindows(Windows):
         return {text_value(row[0]) for row in rows}
 
     def _claim_statement(self, n: int) -> sa.Executable:
-        d = self.table
-        stmt = self._insert().values(self._rows(n))
-        return stmt.on_conflict_do_update(
-            index_elements=[d.c.topic, d.c.dedup_key],
-            set_={"expires_at": stmt.excluded.expires_at},
-            where=d.c.expires_at <= now_ms(),
-        ).returning(d.c.dedup_key)
+        return self._upsert(n, only_expired=True).returning(self.table.c.dedup_key)
 
     def _override_statement(self, n: int) -> sa.Executable:
+        return self._upsert(n, only_expired=False)
+
+    def _upsert(self, n: int, *, only_expired: bool) -> postgresql.Insert | sqlite.Insert:
+        """Insert ``n`` keys' rows; a key's existing row takes the new expiry (if it ran out)."""
         d = self.table
         stmt = self._insert().values(self._rows(n))
         return stmt.on_conflict_do_update(
             index_elements=[d.c.topic, d.c.dedup_key],
             set_={"expires_at": stmt.excluded.expires_at},
+            where=d.c.expires_at <= now_ms() if only_expired else None,
         )
 
 
