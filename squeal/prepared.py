@@ -3,17 +3,26 @@
 The hot path (put, claim, ack) skips SQLAlchemy's per-execution machinery: the SQL text, the
 parameter order and the bind processors are worked out once, from the same Core constructs the
 rest of squeal uses, so the database still sees exactly what SQLAlchemy would send.
+
+Parameters always go to the driver as a list in statement order: named ``%(name)s`` markers are
+rewritten to ``%s`` once, so a driver formats only the values the statement uses.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _POSTCOMPILE = "__[POSTCOMPILE_{}]"
+#: A named marker (rewritten to %s) or an expanding list's placeholder (kept), in text order.
+_MARKERS = re.compile(r"%\((\w+)\)s|__\[POSTCOMPILE_(\w+)\]")
+
+Processor = Callable[[Any], Any]
 
 
 class Prepared:
@@ -22,9 +31,10 @@ class Prepared:
     __slots__ = (
         "_defaults",
         "_expanding",
+        "_get",
         "_mark",
-        "_named",
         "_order",
+        "_positions",
         "_processors",
         "_sql",
         "_variants",
@@ -32,23 +42,33 @@ class Prepared:
 
     def __init__(self, statement: sa.Executable, dialect: sa.Dialect) -> None:
         compiled = cast(SQLCompiler, cast(sa.ClauseElement, statement).compile(dialect=dialect))
-        self._sql = compiled.string
-        self._named = not dialect.positional
-        if dialect.paramstyle not in ("qmark", "format", "pyformat"):
+        if dialect.paramstyle == "pyformat":
+            self._sql, self._order = _positional(compiled.string)
+        elif dialect.paramstyle in ("qmark", "format"):
+            self._sql, self._order = compiled.string, list(compiled.positiontup or [])
+        else:
             raise NotImplementedError(f"paramstyle {dialect.paramstyle!r} is not supported")
         self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._order: list[str] = list(compiled.positiontup or [])
         self._defaults: dict[str, Any] = {
             name: bind.effective_value
             for name, bind in compiled.binds.items()
             if not bind.required and not bind.expanding
         }
-        self._processors: dict[str, Callable[[Any], Any]] = {}
+        self._expanding = [name for name, bind in compiled.binds.items() if bind.expanding]
+        processors: dict[str, tuple[Processor, bool]] = {}
         for name, bind in compiled.binds.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
-                self._processors[name] = processor
-        self._expanding = [name for name, bind in compiled.binds.items() if bind.expanding]
+                # A driver takes bytes as binary as they are; the processor only wraps them.
+                processors[name] = (processor, isinstance(bind.type, sa.types._Binary))
+        self._processors = processors
+        #: (position, processor, skip bytes) for each parameter a processor converts.
+        self._positions = [
+            (i, *processors[name])
+            for i, name in enumerate(self._order)
+            if name in processors and name not in self._expanding
+        ]
+        self._get = _getter(self._order)
         self._variants: dict[tuple[int, ...], str] = {}
 
     @property
@@ -56,22 +76,19 @@ class Prepared:
         """The SQL text (with expanding lists not yet rendered)."""
         return self._sql
 
-    def bind(self, values: Mapping[str, Any]) -> tuple[str, Sequence[Any] | dict[str, Any]]:
+    def bind(self, values: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
         """The SQL text and driver parameters for ``values``."""
-        params = dict(self._defaults)
-        params.update(values)
-        processors = self._processors
-        for name, processor in processors.items():
-            value = params.get(name)
-            if value is not None and name not in self._expanding:
-                params[name] = processor(value)
+        params = {**self._defaults, **values} if self._defaults else values
         if self._expanding:
             return self._bind_expanding(params)
-        if self._named:
-            return self._sql, params
-        return self._sql, [params[name] for name in self._order]
+        flat = self._get(params)
+        for i, processor, binary in self._positions:
+            value = flat[i]
+            if value is not None and not (binary and type(value) is bytes):
+                flat[i] = processor(value)
+        return self._sql, flat
 
-    def _bind_expanding(self, params: dict[str, Any]) -> tuple[str, Sequence[Any] | dict[str, Any]]:
+    def _bind_expanding(self, params: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
         lengths = tuple(len(params[name]) for name in self._expanding)
         if any(n == 0 for n in lengths):
             raise ValueError("an expanding IN list must not be empty")
@@ -79,28 +96,40 @@ class Prepared:
         if sql is None:
             sql = self._sql
             for name, n in zip(self._expanding, lengths, strict=True):
-                if self._named:
-                    marks = ", ".join(f"%({name}_{i})s" for i in range(n))
-                else:
-                    marks = ", ".join([self._mark] * n)
-                sql = sql.replace(_POSTCOMPILE.format(name), marks)
+                sql = sql.replace(_POSTCOMPILE.format(name), ", ".join([self._mark] * n))
             self._variants[lengths] = sql
-        processor = None
-        if self._named:
-            named = {k: v for k, v in params.items() if k not in self._expanding}
-            for name in self._expanding:
-                processor = self._processors.get(name)
-                for i, value in enumerate(params[name]):
-                    named[f"{name}_{i}"] = processor(value) if processor else value
-            return sql, named
         flat: list[Any] = []
         for name in self._order:
+            processor, binary = self._processors.get(name, (None, False))
+            given = params[name]
             if name in self._expanding:
-                processor = self._processors.get(name)
-                flat.extend(processor(v) if processor else v for v in params[name])
+                flat.extend(_processed(v, processor, binary) for v in given)
             else:
-                flat.append(params[name])
+                flat.append(_processed(given, processor, binary))
         return sql, flat
+
+
+def _processed(value: Any, processor: Processor | None, binary: bool) -> Any:
+    if processor is None or value is None or (binary and type(value) is bytes):
+        return value
+    return processor(value)
+
+
+def _positional(sql: str) -> tuple[str, list[str]]:
+    """``sql`` with %(name)s markers as %s, and the parameter names in text order."""
+    order = [named or expanding for named, expanding in _MARKERS.findall(sql)]
+    return _MARKERS.sub(lambda m: "%s" if m.group(1) else m.group(0), sql), order
+
+
+def _getter(order: list[str]) -> Callable[[Mapping[str, Any]], list[Any]]:
+    """A function giving the values of ``order`` from a mapping, as a new list."""
+    if not order:
+        return lambda params: []
+    if len(order) == 1:
+        name = order[0]
+        return lambda params: [params[name]]
+    get = itemgetter(*order)
+    return lambda params: list(get(params))
 
 
 __all__ = ["Prepared"]

@@ -60,6 +60,12 @@ class ExactText(sa.types.TypeDecorator[str]):
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         return exact_text_type()
 
+    def bind_processor(self, dialect: sa.Dialect) -> Any:
+        # Text stored as text needs no conversion: no per-value call on the hot path.
+        if not self._stored_as_bytes:
+            return self.impl_instance.bind_processor(dialect)
+        return super().bind_processor(dialect)
+
     def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
         if isinstance(value, str) and self._stored_as_bytes:
             return value.encode("utf-8")
