@@ -42,10 +42,9 @@ class Message:
         "topic",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional: a get_many of 100 builds 100 (twice as fast)
         self,
         queue: Queue,
-        *,
         id: int,
         topic: str,
         payload: bytes,

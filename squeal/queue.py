@@ -206,15 +206,16 @@ class Queue:
             ValueError / TypeError: invalid input; nothing was sent to the database.
         """
         shared = self._shared(topic, priority, delay)
-        row = self._row(payload, dedup_key)
+        data = check.payload(payload, self.max_payload_size)
+        key = check.optional_text(dedup_key, "dedup_key")
         conn = check.connection(connection)
         window = self.dedup_window
-        if window is not None and row["dedup_key"] is not None:
-            msg_id = self._put_windowed(shared, [row], conn, window)[0]
+        if window is not None and key is not None:
+            msg_id = self._put_windowed(shared, [data], [key], conn, window)[0]
         else:
             insert = self._strategy.insert
-            msg_id = self._session.write(lambda ex: insert(ex, shared, [row]), conn)[0]
-        log.put(shared["topic"], [msg_id], [row["dedup_key"]], conn is not None)
+            msg_id = self._session.write(lambda ex: insert(ex, shared, [data], [key]), conn)[0]
+        log.put(shared["topic"], [msg_id], [key], conn is not None)
         return msg_id
 
     def put_many(
@@ -237,95 +238,96 @@ class Queue:
             ValueError / TypeError: invalid input anywhere in the batch; nothing was written.
         """
         items = check.sequence(payloads, "payloads")
-        keys = (
-            [None] * len(items) if dedup_keys is None else check.sequence(dedup_keys, "dedup_keys")
-        )
-        if len(keys) != len(items):
-            raise ValidationError(f"dedup_keys has {len(keys)} entries for {len(items)} payloads")
-        shared = self._shared(topic, priority, delay)
-        rows = [self._row(p, k) for p, k in zip(items, keys, strict=True)]
-        conn = check.connection(connection)
-        if not rows:
-            return []
-        seen: set[str] = set()
-        unique: list[dict[str, Any]] = []
-        for row in rows:
-            key = row["dedup_key"]
-            if key is None or key not in seen:
-                unique.append(row)
-            if key is not None:
-                seen.add(key)
-        window = self.dedup_window
-        if window is not None and seen:
-            inserted = iter(self._put_windowed(shared, unique, conn, window))
+        limit = self.max_payload_size
+        data = [check.payload(p, limit) for p in items]
+        if dedup_keys is None:
+            keys: list[str | None] = [None] * len(data)
         else:
-            chunks = _chunks(unique)
-            inserted = iter(
-                self._session.write(
-                    lambda ex: self._insert_chunks(ex, shared, chunks),
-                    conn,
-                    atomic=len(chunks) > 1,
+            keys = [
+                check.optional_text(k, "dedup_key")
+                for k in check.sequence(dedup_keys, "dedup_keys")
+            ]
+            if len(keys) != len(data):
+                raise ValidationError(
+                    f"dedup_keys has {len(keys)} entries for {len(data)} payloads"
                 )
+        shared = self._shared(topic, priority, delay)
+        conn = check.connection(connection)
+        if not data:
+            return []
+        # The first payload of each key goes in; later ones of the same key are duplicates.
+        first: list[bool] | None = None
+        unique_data, unique_keys = data, keys
+        if any(k is not None for k in keys):
+            seen: set[str] = set()
+            first = []
+            for k in keys:
+                first.append(k is None or k not in seen)
+                if k is not None:
+                    seen.add(k)
+            unique_data = [p for p, ok in zip(data, first, strict=True) if ok]
+            unique_keys = [k for k, ok in zip(keys, first, strict=True) if ok]
+        window = self.dedup_window
+        if window is not None and first is not None:
+            ids = self._put_windowed(shared, unique_data, unique_keys, conn, window)
+        else:
+            ids = self._session.write(
+                lambda ex: self._insert_chunks(ex, shared, unique_data, unique_keys),
+                conn,
+                atomic=not _one_statement(unique_data),
             )
-        first_of_key: set[str] = set()
-        result: list[int | None] = []
-        for row in rows:
-            key = row["dedup_key"]
-            if key is not None and key in first_of_key:
-                result.append(None)
-                continue
-            if key is not None:
-                first_of_key.add(key)
-            result.append(next(inserted))
-        log.put(shared["topic"], result, [row["dedup_key"] for row in rows], conn is not None)
+        inserted = iter(ids)
+        result = ids if first is None else [next(inserted) if ok else None for ok in first]
+        log.put(shared["topic"], result, keys, conn is not None)
         return result
 
     def _put_windowed(
         self,
         shared: dict[str, Any],
-        rows: list[dict[str, Any]],
+        payloads: list[bytes],
+        keys: list[str | None],
         conn: sa.Connection | None,
         window: float,
     ) -> list[int | None]:
-        """Insert ``rows`` (keys unique among them) whose keys win their dedup window.
+        """Insert messages (keys unique among them) whose keys win their dedup window.
 
         One transaction: claim the keys' windows (see squeal/dialects/dedup.py), insert the
-        messages of the keys won and of the rows without a key, and give back the windows of
-        keys a live message still holds. Returns one id or None per row.
+        messages of the keys won and of those without a key, and give back the windows of
+        keys a live message still holds. Returns one id or None per message.
         """
         topic, windows = shared["topic"], self._windows
         window_ms = check.to_ms(window)
-        keys = [row["dedup_key"] for row in rows if row["dedup_key"] is not None]
+        claimed = [k for k in keys if k is not None]
 
         def put(ex: Executor) -> list[int | None]:
-            won = windows.claim(ex, topic, keys, window_ms)
-            admit = [r["dedup_key"] is None or r["dedup_key"] in won for r in rows]
-            admitted = [r for r, ok in zip(rows, admit, strict=True) if ok]
-            ids = self._insert_chunks(ex, shared, _chunks(admitted)) if admitted else []
+            won = windows.claim(ex, topic, claimed, window_ms)
+            admit = [k is None or k in won for k in keys]
+            in_data = [p for p, ok in zip(payloads, admit, strict=True) if ok]
+            in_keys = [k for k, ok in zip(keys, admit, strict=True) if ok]
+            ids = self._insert_chunks(ex, shared, in_data, in_keys) if in_data else []
             by_row = iter(ids)
             result = [next(by_row) if ok else None for ok in admit]
             # A live message holds these keys, so their puts were not accepted after all.
-            held = [
-                r["dedup_key"]
-                for r, ok, i in zip(rows, admit, result, strict=True)
-                if ok and i is None
-            ]
+            held = [k for k, ok, i in zip(keys, admit, result, strict=True) if ok and i is None]
             if held:
                 ex.count(windows.forget, {"dedup_topic": topic, "dedup_keys": held})
             return result
 
         result = self._session.write(put, conn, atomic=True)
         if conn is None:
-            self._count_window_keys(len(keys))
+            self._count_window_keys(len(claimed))
         return result
 
     def _insert_chunks(
-        self, ex: Executor, shared: dict[str, Any], chunks: list[list[dict[str, Any]]]
+        self, ex: Executor, shared: dict[str, Any], payloads: list[bytes], keys: list[str | None]
     ) -> list[int | None]:
-        """Insert each chunk of ``_chunks`` in turn; one id or None per row, in order."""
+        """Insert in statements of bounded size (``_chunks``); one id or None per message."""
+        insert = self._strategy.insert
+        if _one_statement(payloads):
+            return insert(ex, shared, payloads, keys)
         ids: list[int | None] = []
-        for chunk in chunks:
-            ids.extend(self._strategy.insert(ex, shared, chunk))
+        for start, end in _chunks(payloads):
+            ids.extend(insert(ex, shared, payloads[start:end], keys[start:end]))
         return ids
 
     def _count_window_keys(self, n: int) -> None:
@@ -352,13 +354,6 @@ class Queue:
             "neg_priority": -check.priority(priority),
             "state": WAITING if delay_ms > 0 else READY,
             "delay_ms": delay_ms,
-        }
-
-    def _row(self, payload: object, dedup_key: object) -> dict[str, Any]:
-        """The validated columns of one message."""
-        return {
-            "payload": check.payload(payload, self.max_payload_size),
-            "dedup_key": check.optional_text(dedup_key, "dedup_key"),
         }
 
     # -- consuming ------------------------------------------------------------------------------
@@ -435,17 +430,8 @@ class Queue:
             )
         )
         messages = [
-            Message(
-                self,
-                id=row.id,
-                topic=topic,
-                payload=bytes(row.payload),
-                priority=-row.neg_priority,
-                attempts=row.attempts,
-                enqueued_ms=row.enqueued_at,
-                lease_token=token,
-            )
-            for row in rows
+            Message(self, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token)
+            for id_, payload, neg_priority, attempts, enqueued in rows
         ]
         log.claimed(topic, messages)
         return messages
@@ -750,19 +736,22 @@ def _unsettled(messages: Sequence[Message]) -> list[Message]:
     return batch
 
 
-def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split rows into INSERT statements of bounded row count and payload bytes."""
-    chunks: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for row in rows:
-        if chunks[-1] and (
-            len(chunks[-1]) >= _BATCH_ROWS or size + len(row["payload"]) > _BATCH_BYTES
-        ):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(row)
-        size += len(row["payload"])
-    return chunks
+def _one_statement(payloads: list[bytes]) -> bool:
+    """True when one INSERT statement can take all of ``payloads`` (see ``_chunks``)."""
+    return len(payloads) <= _BATCH_ROWS and sum(map(len, payloads)) <= _BATCH_BYTES
+
+
+def _chunks(payloads: list[bytes]) -> list[tuple[int, int]]:
+    """(start, end) of each INSERT statement: bounded row count and payload bytes."""
+    bounds: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, payload in enumerate(payloads):
+        if i > start and (i - start >= _BATCH_ROWS or size + len(payload) > _BATCH_BYTES):
+            bounds.append((start, i))
+            start, size = i, 0
+        size += len(payload)
+    bounds.append((start, len(payloads)))
+    return bounds
 
 
 __all__ = ["Queue"]

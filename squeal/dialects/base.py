@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any, ClassVar, NamedTuple
+from operator import itemgetter
+from typing import Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.sql.dml import Insert
@@ -14,34 +15,33 @@ from squeal.errors import UnsupportedDatabase
 from squeal.executor import Executor
 from squeal.schema import DEAD, READY, WAITING, Tables, in_state, text_value
 
+#: What a claim returns for one message: (id, payload, neg_priority, attempts, enqueued_at),
+#: ``attempts`` already counting this claim. Plain tuples, as the driver returns them.
+ClaimedRow = tuple[int, bytes, int, int, int]
+#: Claim order of ClaimedRows: priority, then id.
+_CLAIM_ORDER = itemgetter(2, 0)
 
-class ClaimedRow(NamedTuple):
-    """What a claim returns for one message (``attempts`` already counts this claim)."""
 
-    id: int
-    payload: bytes
-    neg_priority: int
-    attempts: int
-    enqueued_at: int
+def in_claim_order(rows: Sequence[Sequence[Any]]) -> list[ClaimedRow]:
+    """Claimed rows (in the ClaimedRow column order) sorted by priority, then id."""
+    return sorted(cast(Sequence[ClaimedRow], rows), key=_CLAIM_ORDER)
 
 
 def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
     return sa.bindparam(name, type_=type_)
 
 
-def ids_in_order(
-    rows: Sequence[dict[str, Any]], returned: Sequence[Sequence[Any]]
-) -> list[int | None]:
-    """Each row's id from a multi-row INSERT's RETURNING (id, dedup_key); None if deduplicated.
+def ids_in_order(keys: Sequence[str | None], returned: Sequence[Sequence[Any]]) -> list[int | None]:
+    """Each message's id from a multi-row INSERT's RETURNING (id, dedup_key); None if deduplicated.
 
-    Ids come from one sequence in insertion order, so sorted ids follow the input order.
+    ``keys`` are the messages' dedup keys, in input order. Ids come from one sequence in
+    insertion order, so sorted ids follow the input order.
     """
+    if not any(key is not None for key in keys):
+        return sorted(row[0] for row in returned)
     by_key = {text_value(key): id_ for id_, key in returned if key is not None}
     plain = iter(sorted(id_ for id_, key in returned if key is None))
-    return [
-        by_key.get(row["dedup_key"]) if row["dedup_key"] is not None else next(plain)
-        for row in rows
-    ]
+    return [by_key.get(key) if key is not None else next(plain) for key in keys]
 
 
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
@@ -80,20 +80,9 @@ class Strategy:
         self.dialect = dialect
         self.tables = tables
         m = self.m = tables.message
-        self._multirow_cache: dict[tuple[int, bool], sa.Executable] = {}
+        self._multirow_cache: dict[tuple[int, bool, bool], sa.Executable] = {}
+        self._row_names_cache: dict[int, tuple[list[str], list[str]]] = {}
         now = now_ms()
-        values = self._insert_values = {
-            "topic": _param("topic"),
-            "neg_priority": _param("neg_priority"),
-            "state": _param("state"),
-            "visible_at": sa.case((_param("delay_ms") > 0, now + _param("delay_ms"))),
-            "enqueued_at": now,
-            "attempts": 0,
-            "dedup_key": _param("dedup_key"),
-            "payload": _param("payload", sa.LargeBinary()),
-        }
-        self.insert_plain: Insert = sa.insert(m).values(values)
-        self.insert_dedup: Insert = self.insert_ignoring_conflicts(values)
 
         lease = sa.and_(m.c.id == _param("msg_id"), m.c.lease_token == _param("token"))
         self.ack = sa.delete(m).where(lease)
@@ -220,8 +209,7 @@ class Strategy:
         params = {"in_topic": topic, "limit": limit, "max_attempts": max_attempts}
         ex.count(self._promote, params)
         params.update(vt_ms=vt_ms, token=token)
-        rows = ex.rows(self._lease_ready, params)
-        return sorted((ClaimedRow(*row) for row in rows), key=lambda r: (r.neg_priority, r.id))
+        return in_claim_order(ex.rows(self._lease_ready, params))
 
     @cached_property
     def _promote(self) -> sa.Update:
@@ -241,36 +229,79 @@ class Strategy:
     # -- shared machinery -----------------------------------------------------------------------
 
     def insert(
-        self, ex: Executor, shared: dict[str, Any], rows: Sequence[dict[str, Any]]
+        self,
+        ex: Executor,
+        shared: dict[str, Any],
+        payloads: Sequence[bytes],
+        keys: Sequence[str | None],
     ) -> list[int | None]:
         """Insert messages that share ``shared`` (topic, priority, delay) in one statement.
 
-        ``rows`` hold each message's ``payload`` and ``dedup_key`` (keys unique within
-        ``rows``). Returns each row's id, or None where its key deduplicated it.
+        ``payloads`` and their dedup ``keys`` (None, or unique among them) are in input order.
+        Returns each message's id, or None where its key deduplicated it.
         """
-        dedup = any(row["dedup_key"] is not None for row in rows)
-        if len(rows) == 1:
-            values = {**shared, **rows[0]}
+        dedup = any(key is not None for key in keys)
+        delayed = shared["delay_ms"] > 0
+        if len(payloads) == 1:
+            values = {**shared, "payload": payloads[0], "dedup_key": keys[0]}
             if not (self.dialect.insert_returning and self.single_insert_returns):
-                stmt = self.insert_dedup if dedup else self.insert_plain
-                return [ex.insert(stmt, values)]
-            found = ex.rows(self._returning_id[dedup], values)
+                return [ex.insert(self._single[dedup, delayed], values)]
+            found = ex.rows(self._returning_id[dedup, delayed], values)
             return [int(found[0][0]) if found else None]
         if not self.dialect.insert_returning:
-            return [self.insert(ex, shared, [row])[0] for row in rows]
+            return [
+                self.insert(ex, shared, [p], [k])[0] for p, k in zip(payloads, keys, strict=True)
+            ]
+        payload_names, key_names = self._row_names(len(payloads))
         values = dict(shared)
-        for i, row in enumerate(rows):
-            values[f"payload_{i}"] = row["payload"]
-            values[f"dedup_key_{i}"] = row["dedup_key"]
-        return ids_in_order(rows, ex.rows(self._multirow(len(rows), dedup), values))
+        values.update(zip(payload_names, payloads, strict=True))
+        values.update(zip(key_names, keys, strict=True))
+        statement = self._multirow(len(payloads), dedup, delayed)
+        return ids_in_order(keys, ex.rows(statement, values))
+
+    def new_row(self, delayed: bool) -> dict[str, Any]:
+        """The column values of a new message (one ``payload`` and ``dedup_key`` parameter).
+
+        A ready message's ``visible_at`` is NULL outright, and only a delayed put's statement
+        adds the delay: the common put computes no CASE per row.
+        """
+        now = now_ms()
+        return {
+            "topic": _param("topic"),
+            "neg_priority": _param("neg_priority"),
+            "state": _param("state"),
+            "visible_at": now + _param("delay_ms") if delayed else None,
+            "enqueued_at": now,
+            "attempts": 0,
+            "dedup_key": _param("dedup_key"),
+            "payload": _param("payload", sa.LargeBinary()),
+        }
+
+    def _row_names(self, n: int) -> tuple[list[str], list[str]]:
+        """The parameter names of ``_multirow(n)``: payload_i and dedup_key_i."""
+        names = self._row_names_cache.get(n)
+        if names is None:
+            names = ([f"payload_{i}" for i in range(n)], [f"dedup_key_{i}" for i in range(n)])
+            if len(self._row_names_cache) < 64:
+                self._row_names_cache[n] = names
+        return names
 
     @cached_property
-    def _returning_id(self) -> dict[bool, sa.Executable]:
-        m = self.m
+    def _single(self) -> dict[tuple[bool, bool], Insert]:
+        """One-message INSERTs by (dedup, delayed); with dedup, a taken key inserts nothing."""
         return {
-            False: self.announced(self.insert_plain.returning(m.c.id)),
-            True: self.announced(self.insert_dedup.returning(m.c.id)),
+            (dedup, delayed): (
+                self.insert_ignoring_conflicts(self.new_row(delayed))
+                if dedup
+                else sa.insert(self.m).values(self.new_row(delayed))
+            )
+            for dedup in (False, True)
+            for delayed in (False, True)
         }
+
+    @cached_property
+    def _returning_id(self) -> dict[tuple[bool, bool], sa.Executable]:
+        return {kind: self.announced(s.returning(self.m.c.id)) for kind, s in self._single.items()}
 
     #: Whether puts announce new messages (the Queue's ``notify`` option).
     notify: bool = True
@@ -284,14 +315,14 @@ class Strategy:
         """The INSERT ... RETURNING a put runs; PostgreSQL adds its wake-up notification."""
         return insert
 
-    def _multirow(self, n: int, dedup: bool) -> sa.Executable:
+    def _multirow(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
         """A cached INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
-        key = (n, dedup)
+        key = (n, dedup, delayed)
         stmt = self._multirow_cache.get(key)
         if stmt is None:
             rows = [
                 {
-                    **self._insert_values,
+                    **self.new_row(delayed),
                     "payload": _param(f"payload_{i}", sa.LargeBinary()),
                     "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=self.m.c.dedup_key.type),
                 }
@@ -309,6 +340,7 @@ __all__ = [
     "Strategy",
     "dead_on_expiry",
     "ids_in_order",
+    "in_claim_order",
     "promoted",
     "promoted_state",
 ]

@@ -87,21 +87,25 @@ class MySQLStrategy(Strategy):
             )
 
     def insert(
-        self, ex: Executor, shared: dict[str, Any], rows: Sequence[dict[str, Any]]
+        self,
+        ex: Executor,
+        shared: dict[str, Any],
+        payloads: Sequence[bytes],
+        keys: Sequence[str | None],
     ) -> list[int | None]:
         # The server refuses (and PyMySQL then drops the connection on) a statement larger than
         # max_allowed_packet; say so before sending it. Drivers send bytes as text, escaped or
         # in hex, so a payload may take up to twice its size.
         limit = self.packet_limit
         if limit is not None:
-            for row in rows:
-                size = len(row["payload"])
+            for payload in payloads:
+                size = len(payload)
                 if size * 2 + _STATEMENT_MARGIN > limit:
                     raise PayloadTooLarge(
                         f"a payload of {size} bytes does not fit the server's max_allowed_packet "
                         f"({limit} bytes; payloads may use half of it): raise it on the server"
                     )
-        return super().insert(ex, shared, rows)
+        return super().insert(ex, shared, payloads, keys)
 
     begin_sql: ClassVar[str] = "START TRANSACTION"
     #: A result set costs MariaDB more than the OK packet's insert id.
@@ -154,10 +158,7 @@ class MySQLStrategy(Strategy):
         promote = [row.id for row in locked if row.due and row.id not in picked_ids]
         if promote:
             ex.count(self._promote_ids, {"ids": promote, "max_attempts": max_attempts})
-        return [
-            ClaimedRow(r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at)
-            for r in picked
-        ]
+        return [(r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at) for r in picked]
 
     @cached_property
     def _candidates(self) -> sa.CompoundSelect[Any]:

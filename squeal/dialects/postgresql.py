@@ -19,6 +19,7 @@ from squeal.dialects.base import (
     Strategy,
     dead_on_expiry,
     ids_in_order,
+    in_claim_order,
     promoted,
 )
 from squeal.executor import Executor
@@ -92,29 +93,37 @@ class PostgreSQLStrategy(Strategy):
         return f"{self.tables.prefix}_wake" if self.notify else None
 
     def insert(
-        self, ex: Executor, shared: dict[str, Any], rows: Sequence[dict[str, Any]]
+        self,
+        ex: Executor,
+        shared: dict[str, Any],
+        payloads: Sequence[bytes],
+        keys: Sequence[str | None],
     ) -> list[int | None]:
         # Only messages visible now wake consumers; a delayed put binds no channel.
         wake = self.wake_channel if shared["delay_ms"] == 0 else None
         shared = {**shared, "wake": wake}
-        if len(rows) == 1:
-            return super().insert(ex, shared, rows)
-        dedup = any(row["dedup_key"] is not None for row in rows)
-        values = {
-            **shared,
-            "payloads": [row["payload"] for row in rows],
-            "dedup_keys": [row["dedup_key"] for row in rows],
-        }
-        return ids_in_order(rows, ex.rows(self._unnest_insert[dedup], values))
+        if len(payloads) == 1:
+            return super().insert(ex, shared, payloads, keys)
+        dedup = any(key is not None for key in keys)
+        values = {**shared, "payloads": list(payloads), "dedup_keys": list(keys)}
+        statement = self._unnest_insert[dedup, shared["delay_ms"] > 0]
+        return ids_in_order(keys, ex.rows(statement, values))
 
     @cached_property
-    def _unnest_insert(self) -> dict[bool, sa.Executable]:
+    def _unnest_insert(self) -> dict[tuple[bool, bool], sa.Executable]:
         """``INSERT ... SELECT ... FROM unnest(:dedup_keys, :payloads)``: any batch, one text.
 
         A VALUES list grows with the batch (100 rows: 33 kB of SQL, 400 parameters), which
         psycopg re-parses on every call and never prepares; two arrays keep the statement
         short, so it is parsed once and prepared like a single put.
         """
+        return {
+            (dedup, delayed): self._unnest(dedup, delayed)
+            for dedup in (False, True)
+            for delayed in (False, True)
+        }
+
+    def _unnest(self, dedup: bool, delayed: bool) -> sa.Executable:
         m = self.m
         rows = (
             sa.func.unnest(
@@ -126,17 +135,15 @@ class PostgreSQLStrategy(Strategy):
         )
         # Typed, since a parameter in a SELECT list has no column to take its type from.
         values: dict[str, sa.ColumnElement[Any]] = {
-            name: sa.cast(value, m.c[name].type) for name, value in self._insert_values.items()
+            name: sa.cast(value, m.c[name].type) for name, value in self.new_row(delayed).items()
         }
         values.update(dedup_key=rows.c.dedup_key, payload=rows.c.payload)
         # Rows take ids in the order the SELECT yields them: the input order.
         select = sa.select(*values.values()).select_from(rows).order_by(rows.c.n)
-        plain = postgresql.insert(m).from_select(list(values), select)
-        returning = (m.c.id, m.c.dedup_key)
-        return {
-            False: self.announced(plain.returning(*returning)),
-            True: self.announced(plain.on_conflict_do_nothing().returning(*returning)),
-        }
+        insert = postgresql.insert(m).from_select(list(values), select)
+        if dedup:
+            insert = insert.on_conflict_do_nothing()
+        return self.announced(insert.returning(m.c.id, m.c.dedup_key))
 
     def announced(self, insert: Insert) -> sa.Executable:
         """``WITH ins AS (INSERT ... RETURNING ...) SELECT ... FROM ins WHERE <notify>``.
@@ -182,8 +189,7 @@ class PostgreSQLStrategy(Strategy):
             "token": token,
             "max_attempts": max_attempts,
         }
-        rows = ex.rows(self._claim, params)
-        return sorted((ClaimedRow(*row) for row in rows), key=lambda r: (r.neg_priority, r.id))
+        return in_claim_order(ex.rows(self._claim, params))
 
     @cached_property
     def _claim(self) -> sa.Update:
