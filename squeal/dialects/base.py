@@ -316,23 +316,27 @@ class Strategy:
         return insert
 
     def _multirow(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
-        """A cached INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
+        """The cached :meth:`multirow_insert` of ``n`` rows."""
         key = (n, dedup, delayed)
         stmt = self._multirow_cache.get(key)
         if stmt is None:
-            rows = [
-                {
-                    **self.new_row(delayed),
-                    "payload": _param(f"payload_{i}", sa.LargeBinary()),
-                    "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=self.m.c.dedup_key.type),
-                }
-                for i in range(n)
-            ]
-            base = self.insert_ignoring_conflicts(rows) if dedup else sa.insert(self.m).values(rows)
-            stmt = self.announced(base.returning(self.m.c.id, self.m.c.dedup_key))
+            stmt = self.multirow_insert(n, dedup, delayed)
             if len(self._multirow_cache) < 64:
                 self._multirow_cache[key] = stmt
         return stmt
+
+    def multirow_insert(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
+        """An INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
+        rows = [
+            {
+                **self.new_row(delayed),
+                "payload": _param(f"payload_{i}", sa.LargeBinary()),
+                "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=self.m.c.dedup_key.type),
+            }
+            for i in range(n)
+        ]
+        base = self.insert_ignoring_conflicts(rows) if dedup else sa.insert(self.m).values(rows)
+        return self.announced(base.returning(self.m.c.id, self.m.c.dedup_key))
 
 
 __all__ = [
