@@ -65,8 +65,7 @@ class RawExecutor(Executor):
         link: Link,
         prepared: dict[Any, Prepared],
         dialect: sa.Dialect,
-        *,
-        begin_sql: str | None,
+        begin_sql: str,
     ) -> None:
         self._dbapi = link.dbapi
         self._cursor = link.cursor
@@ -97,16 +96,15 @@ class RawExecutor(Executor):
         return int(cursor.lastrowid) if cursor.rowcount else None
 
     def begin(self) -> None:
-        """BEGIN on an autocommit connection; a transactional connection is already in one."""
-        if self._begin_sql is not None:
-            for listener in _listeners:
-                listener(self._begin_sql, None)
-            self._cursor.execute(self._begin_sql)
+        """Start a transaction on the autocommit connection (``begin_sql``, e.g. BEGIN)."""
+        for listener in _listeners:
+            listener(self._begin_sql, None)
+        self._cursor.execute(self._begin_sql)
         self._open = True
 
     def commit(self) -> None:
         if self._open:
-            self._dbapi.commit() if self._begin_sql is None else self._cursor.execute("COMMIT")
+            self._cursor.execute("COMMIT")
             self._open = False
 
     def rollback(self) -> None:

@@ -58,9 +58,6 @@ class Session:
         self._errors: tuple[type[BaseException], ...] = ()
         shared = isinstance(engine.pool, _SHARED_CONNECTION_POOLS)
         self._stash = None if shared else ConnectionStash(engine, strategy.configure)
-        self._claim_stash = self._stash
-        if self._stash is not None and strategy.separate_claim_connections:
-            self._claim_stash = ConnectionStash(engine, strategy.configure_claimer)
 
     def forget_schema(self) -> None:
         """Check the schema again on next use (after create or destroy)."""
@@ -68,9 +65,8 @@ class Session:
 
     def close(self) -> None:
         """Close the connections squeal keeps for this queue."""
-        for stash in {self._stash, self._claim_stash}:
-            if stash is not None:
-                stash.close()
+        if self._stash is not None:
+            self._stash.close()
 
     # -- units of work --------------------------------------------------------------------------
 
@@ -93,9 +89,9 @@ class Session:
         return self._retrying(work, self._stash, atomic=atomic, commit_on=commit_on)
 
     def claim(self, work: Callable[[Executor], T]) -> T:
-        """Run a claim on a connection prepared for claiming."""
+        """Run a claim: in a transaction unless the database claims in one statement."""
         atomic = not self.strategy.claim_is_one_statement
-        return self._retrying(work, self._claim_stash, atomic=atomic, commit_on=None)
+        return self._retrying(work, self._stash, atomic=atomic, commit_on=None)
 
     def read(self, work: Callable[[Executor], T]) -> T:
         """Run read-only work."""
@@ -160,8 +156,7 @@ class Session:
     ) -> T:
         """One attempt on one of squeal's connections (the hot path: no context managers)."""
         link = stash.take()
-        begin_sql = None if stash is not self._stash else self.strategy.begin_sql
-        ex = RawExecutor(link, self._prepared, self.engine.dialect, begin_sql=begin_sql)
+        ex = RawExecutor(link, self._prepared, self.engine.dialect, self.strategy.begin_sql)
         try:
             if atomic:
                 ex.begin()

@@ -156,15 +156,6 @@ class Strategy:
         """Set up a connection squeal manages: autocommit, so one statement is one round trip."""
         raise NotImplementedError
 
-    def configure_claimer(self, dbapi: Any) -> Any:
-        """Set up a connection used for claims (the same kind as :meth:`configure` by default)."""
-        self.configure(dbapi)
-
-    @property
-    def separate_claim_connections(self) -> bool:
-        """True when claims need differently configured connections than other work."""
-        return False
-
     def server_version(self, connection: sa.Connection) -> tuple[int, ...]:
         """The server's version as a tuple of ints."""
         info = self.dialect.server_version_info or ()

@@ -116,22 +116,14 @@ class MySQLStrategy(Strategy):
         return mysql.insert(self.m).values(values).prefix_with("IGNORE")
 
     def configure(self, dbapi: Any) -> None:
+        # Autocommit: a put or an ack is one round trip. READ COMMITTED for the whole session,
+        # set once: a claim's locking reads take no gap locks that would block puts. Claims
+        # run on these same connections in START TRANSACTION ... COMMIT, as the floor's do:
+        # one connection per consumer thread, not a second one just for claiming.
         dbapi.autocommit(True)
-        with dbapi.cursor() as cursor:
-            cursor.execute(_LOCK_TIMEOUTS)
-
-    def configure_claimer(self, dbapi: Any) -> None:
-        # Claims keep a transaction open across SELECT and UPDATE: no autocommit, and READ
-        # COMMITTED for the whole session, set once.
-        dbapi.autocommit(False)
         with dbapi.cursor() as cursor:
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cursor.execute(_LOCK_TIMEOUTS)
-        dbapi.commit()
-
-    @property
-    def separate_claim_connections(self) -> bool:
-        return True
 
     def is_retryable(self, error: BaseException) -> bool:
         args: tuple[Any, ...] = tuple(getattr(error, "args", ()))
