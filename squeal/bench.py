@@ -353,9 +353,20 @@ def _get_acks(side: _Side, topic: str, n: int) -> Callable[[], None]:
     return run
 
 
+def _topic(row: str, side: str) -> str:
+    """The topic of ``row`` for ``side``: the side's name first.
+
+    Each side's topics are then neighbours in every index, in the same order. With the row
+    first, one side's topic sat before the other side's (or a just-emptied one) in the index,
+    and on MariaDB a claim on an emptied topic, whose range ends at the next topic's purged
+    entries, measured 30 % slower for whichever side had the unlucky neighbour.
+    """
+    return f"{side}.{row}"
+
+
 def _getter(stem: str) -> Callable[[_Side, int], Callable[[], None]]:
     """get + ack ``n`` times from the side's topic ``stem.<side>``."""
-    return lambda side, n: _get_acks(side, f"{stem}.{side.name}", n)
+    return lambda side, n: _get_acks(side, _topic(stem, side.name), n)
 
 
 class _Bench:
@@ -422,7 +433,7 @@ class _Bench:
         extra = self.extra.setdefault("memory", {})
         pipe = pool.first()
         for side in ("floor", "squeal"):
-            topic = f"memory.{side}"
+            topic = _topic("memory", side)
             self.fill.fill(topic, PAYLOAD, self.sizes.memory)
             pipe.send(("memory", side, topic))
             count, early, end = pool._receive(pipe)
@@ -437,7 +448,7 @@ class _Bench:
         s = self.sizes
         for name, side in sides.items():
             # First uses open connections, check the schema and prepare statements.
-            topic = f"warmup.{name}"
+            topic = _topic("warmup", name)
             for _ in range(20):
                 side.put(topic)
             _get_acks(side, topic, 20)()
@@ -445,11 +456,11 @@ class _Bench:
             if "backlog" in self.rows:
                 for size in s.backlogs:
                     _say(f"{self.label}: filling a backlog of {size:,} for {name}")
-                    self.fill.fill(f"backlog{size}.{name}", PAYLOAD, size)
+                    self.fill.fill(_topic(f"backlog{size}", name), PAYLOAD, size)
             if "ahead" in self.rows:
                 _say(f"{self.label}: {s.ahead:,} leased/delayed messages ahead for {name}")
-                self.fill.fill_waiting(f"ahead.{name}", PAYLOAD, s.ahead, priority=10)
-                self.fill.fill(f"ahead.{name}", PAYLOAD, s.slice)
+                self.fill.fill_waiting(_topic("ahead", name), PAYLOAD, s.ahead, priority=10)
+                self.fill.fill(_topic("ahead", name), PAYLOAD, s.slice)
 
     def _round(self, order: list[_Side], pools: dict[int, _Consumers]) -> None:
         s = self.sizes
@@ -458,14 +469,14 @@ class _Bench:
         if "put" in self.rows:
             _say(f"{self.label}:   put")
             self._paired(
-                "put", order, s.put, lambda side, n: _repeat(n, side.put, f"put.{side.name}")
+                "put", order, s.put, lambda side, n: _repeat(n, side.put, _topic("put", side.name))
             )
             for name in names:
-                f.delete_topic(f"put.{name}")
+                f.delete_topic(_topic("put", name))
         if "get_ack" in self.rows:
             _say(f"{self.label}:   get_ack")
             for name in names:
-                f.fill(f"get.{name}", PAYLOAD, s.get_ack)
+                f.fill(_topic("get", name), PAYLOAD, s.get_ack)
             self._paired("get_ack", order, s.get_ack, _getter("get"))
         if "batch" in self.rows:
             _say(f"{self.label}:   batch")
@@ -473,11 +484,11 @@ class _Bench:
                 "batch",
                 order,
                 s.batches * BATCH,
-                lambda side, n: _repeat(n // BATCH, side.batch, f"batch.{side.name}", BATCH),
+                lambda side, n: _repeat(n // BATCH, side.batch, _topic("batch", side.name), BATCH),
                 chunk=BATCH,
             )
             for name in names:
-                f.delete_topic(f"batch.{name}")
+                f.delete_topic(_topic("batch", name))
         if "backlog" in self.rows:
             _say(f"{self.label}:   backlog")
             for which, size in zip(("small", "large"), s.backlogs, strict=True):
@@ -488,17 +499,17 @@ class _Bench:
                     _getter(f"backlog{size}"),
                 )
                 for name in names:
-                    f.fill(f"backlog{size}.{name}", PAYLOAD, s.slice)
+                    f.fill(_topic(f"backlog{size}", name), PAYLOAD, s.slice)
         if "ahead" in self.rows:
             _say(f"{self.label}:   ahead")
             self._paired("ahead", order, s.slice, _getter("ahead"))
             for name in names:
-                f.fill(f"ahead.{name}", PAYLOAD, s.slice)
+                f.fill(_topic("ahead", name), PAYLOAD, s.slice)
         for side in order:
             if "drain" in self.rows:
                 _say(f"{self.label}:   drain, {side.name}")
                 for n in CONSUMERS:
-                    topic = f"drain{n}.{side.name}"
+                    topic = _topic(f"drain{n}", side.name)
                     f.fill(topic, PAYLOAD, s.drain)
                     done = pools[n].all("drain", side.name, topic)
                     total = sum(count for count, _, _ in done)
@@ -539,7 +550,7 @@ class _Bench:
             self.note(row, name, total / seconds)
 
     def _latency(self, side: _Side, pool: _Consumers) -> None:
-        topic = f"latency.{side.name}"
+        topic = _topic("latency", side.name)
         pipe = pool.first()
         pipe.send(("latency", side.name, topic, self.sizes.latency))
         pool._receive(pipe)  # the consumer is waiting
