@@ -64,7 +64,7 @@ FULL = Sizes(
     backlogs=(1_000, 100_000),
     slice=300,
     ahead=10_000,
-    drain=1000,
+    drain=3000,
     latency=30,
     memory=30_000,
 )
