@@ -32,6 +32,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from squeal.schema import validate_prefix
+
 #: The rows, in the order they run and print; ``--only`` picks among them.
 ROWS = ("put", "get_ack", "batch", "backlog", "ahead", "drain", "latency", "memory")
 #: Lease length of every claim in the bench (long enough never to expire during a run).
@@ -81,6 +83,8 @@ QUICK = Sizes(
     memory=1_000,
 )
 CONSUMERS = (2, 8)
+#: Longest --prefix stem: a prefix has at most 43 characters, and the bench appends 9.
+_MAX_STEM = 34
 
 
 def _say(text: str) -> None:
@@ -372,12 +376,14 @@ def _getter(stem: str) -> Callable[[_Side, int], Callable[[], None]]:
 class _Bench:
     """One database: its sides, its private tables and the results per row."""
 
-    def __init__(self, url: sa.URL, sizes: Sizes, rounds: int, rows: Sequence[str]) -> None:
+    def __init__(
+        self, url: sa.URL, sizes: Sizes, rounds: int, rows: Sequence[str], stem: str = "bench"
+    ) -> None:
         self.url = url
         self.sizes = sizes
         self.rounds = rounds
         self.rows = rows
-        self.prefix = f"bench_{secrets.token_hex(4)}"
+        self.prefix = f"{stem}_{secrets.token_hex(4)}"
         self.samples: dict[str, dict[str, list[float]]] = {}
         self.extra: dict[str, dict[str, Any]] = {}
         self.label = url.get_backend_name()
@@ -754,6 +760,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="database URL to measure; repeat for several (default: a temporary SQLite file)",
     )
     group.add_argument(
+        "--prefix",
+        default="bench",
+        help="stem of the bench's table prefix: its tables are PREFIX_<8 random characters>_*, "
+        "dropped at the end (default: bench)",
+    )
+    group.add_argument(
         "--rounds", type=int, default=None, help=f"rounds per row (default {FULL.rounds})"
     )
     group.add_argument(
@@ -784,6 +796,14 @@ def run(args: argparse.Namespace) -> int:
         print("squeal bench: --rounds must be at least 1", file=sys.stderr)
         return 2
     rows = tuple(args.only or ROWS)
+    stem = getattr(args, "prefix", "bench")
+    try:
+        validate_prefix(stem)
+        if len(stem) > _MAX_STEM:
+            raise ValueError(f"at most {_MAX_STEM} characters (the bench appends 9)")
+    except ValueError as exc:
+        print(f"squeal bench: invalid --prefix: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="squeal-bench-"))
     results: list[dict[str, Any]] = []
@@ -792,7 +812,7 @@ def run(args: argparse.Namespace) -> int:
             shown = url.render_as_string(hide_password=True)
             _say(f"measuring {shown} ({rounds} rounds)")
             began = time.monotonic()
-            result = _Bench(url, sizes, rounds, rows).run()
+            result = _Bench(url, sizes, rounds, rows, stem).run()
             result["url"] = shown
             result["elapsed_s"] = round(time.monotonic() - began, 1)
             results.append(result)

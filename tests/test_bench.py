@@ -57,3 +57,30 @@ def test_quick_bench_measures_every_row_and_drops_its_tables(db_url: str, tmp_pa
     finally:
         engine.dispose()
     assert left == []
+
+
+def test_bench_prefix_names_its_tables_and_is_validated(db_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [SQUEAL, "bench", "--quick", "--only", "put", "--url", db_url, "--prefix", "mine"]
+    done = subprocess.run(
+        [*command, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(out.read_text())["databases"]
+    assert result["prefix"].startswith("mine_")
+
+    for bad in ("Bad-Name", "x" * 35):
+        refused = subprocess.run(
+            [SQUEAL, "bench", "--quick", "--url", db_url, "--prefix", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("squeal bench: invalid --prefix"), refused.stderr
+        assert "Traceback" not in refused.stderr
