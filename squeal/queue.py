@@ -274,7 +274,7 @@ class Queue:
             ids = self._session.write(
                 lambda ex: self._insert_chunks(ex, shared, unique_data, unique_keys),
                 conn,
-                atomic=not _one_statement(unique_data),
+                atomic=not self._one_statement(unique_data),
             )
         inserted = iter(ids)
         result = ids if first is None else [next(inserted) if ok else None for ok in first]
@@ -323,12 +323,16 @@ class Queue:
     ) -> list[int | None]:
         """Insert in statements of bounded size (``_chunks``); one id or None per message."""
         insert = self._strategy.insert
-        if _one_statement(payloads):
+        if _fits_one_insert(payloads):
             return insert(ex, shared, payloads, keys)
         ids: list[int | None] = []
         for start, end in _chunks(payloads):
             ids.extend(insert(ex, shared, payloads[start:end], keys[start:end]))
         return ids
+
+    def _one_statement(self, payloads: list[bytes]) -> bool:
+        """True when one INSERT statement stores all of ``payloads`` (else: a transaction)."""
+        return _fits_one_insert(payloads) and self._strategy.insert_statements(len(payloads)) == 1
 
     def _count_window_keys(self, n: int) -> None:
         """Sweep expired dedup rows after every SWEEP_EVERY keys recorded (on our connection)."""
@@ -736,8 +740,8 @@ def _unsettled(messages: Sequence[Message]) -> list[Message]:
     return batch
 
 
-def _one_statement(payloads: list[bytes]) -> bool:
-    """True when one INSERT statement can take all of ``payloads`` (see ``_chunks``)."""
+def _fits_one_insert(payloads: list[bytes]) -> bool:
+    """True when ``payloads`` are within one INSERT's bounds (see ``_chunks``)."""
     return len(payloads) <= _BATCH_ROWS and sum(map(len, payloads)) <= _BATCH_BYTES
 
 

@@ -250,6 +250,11 @@ class Strategy:
         statement = self._multirow(len(payloads), dedup, delayed)
         return ids_in_order(keys, ex.rows(statement, values))
 
+    def insert_statements(self, n: int) -> int:
+        """How many statements :meth:`insert` sends for ``n`` messages (one per message on a
+        database without INSERT ... RETURNING, e.g. MySQL 8: those need a transaction)."""
+        return 1 if n == 1 or self.dialect.insert_returning else n
+
     def new_row(self, delayed: bool) -> dict[str, Any]:
         """The column values of a new message (one ``payload`` and ``dedup_key`` parameter).
 

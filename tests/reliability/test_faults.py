@@ -355,3 +355,39 @@ def test_password_marker_never_appears_in_an_authentication_error(
     texts = _texts(caught.value)
     assert all(MARKER not in t for t in texts), texts
     assert all(MARKER not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.dialects("sqlite", "mysql")  # PostgreSQL inserts any batch in one statement
+def test_put_many_sent_row_by_row_is_one_transaction_across_a_retried_error(
+    db: str, make_queue: Callable[..., Queue]
+) -> None:
+    """Without INSERT ... RETURNING (MySQL 8), put_many sends one INSERT per message; a
+    transient error on a later one retries the batch in one transaction: each payload once."""
+    q = make_queue()
+    dialect = q.engine.dialect
+    dialect.insert_returning = False  # what MySQL 8's dialect says (MariaDB and SQLite have it)
+    dbapi = dialect.loaded_dbapi
+    transient = (
+        dbapi.OperationalError("database is locked")
+        if db == "sqlite"
+        else dbapi.OperationalError(1213, "Deadlock found when trying to get lock")
+    )
+    inserts: list[str] = []
+
+    def fail_second_insert(sql: str, params: Any) -> None:
+        if sql.lstrip().startswith("INSERT"):
+            inserts.append(sql)
+            if len(inserts) == 2:
+                raise transient
+
+    add_statement_listener(fail_second_insert)
+    try:
+        ids = q.put_many([b"a", b"b", b"c"], "t")
+    finally:
+        remove_statement_listener(fail_second_insert)
+    assert len(inserts) == 5, "expected 2 INSERTs, the error, then 3 on the retry"
+    stored = []
+    while (m := q.get("t")) is not None:
+        stored.append((m.id, m.payload))
+        m.ack()
+    assert stored == list(zip(ids, [b"a", b"b", b"c"], strict=True))
