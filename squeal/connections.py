@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-#: Idle connections kept per kind; more are opened under load and closed when returned.
+#: Idle connections kept per queue; more are opened under load and closed when returned.
 MAX_IDLE = 16
 #: A TCP connection of squeal's whose peer stopped acknowledging data or keepalive probes for
 #: this long is ended by the kernel, so a call blocked on a dead network path fails instead of

@@ -20,6 +20,10 @@ from squeal.prepared import Prepared
 Row = Sequence[Any]
 StatementListener = Callable[[str, Any], None]
 
+#: Compiled statements a queue keeps; beyond this the cache starts over (each put_many of a new
+#: batch size is a new statement on SQLite and MariaDB, and sizes are unbounded).
+MAX_PREPARED = 256
+
 #: Callables that see every statement squeal sends on its own connections, with its driver
 #: parameters (a debugging and testing aid; engine events do not see these connections).
 _listeners: list[StatementListener] = []
@@ -77,6 +81,8 @@ class RawExecutor(Executor):
     def _run(self, statement: sa.Executable, values: Mapping[str, Any]) -> Any:
         prepared = self._prepared.get(statement)
         if prepared is None:
+            if len(self._prepared) >= MAX_PREPARED:
+                self._prepared.clear()  # batch sizes past the strategies' caches: stay bounded
             prepared = self._prepared[statement] = Prepared(statement, self._dialect)
         sql, params = prepared.bind(values)
         for listener in _listeners:

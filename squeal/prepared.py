@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _POSTCOMPILE = "__[POSTCOMPILE_{}]"
-#: A named marker (rewritten to %s) or an expanding list's placeholder (kept), in text order.
-_MARKERS = re.compile(r"%\((\w+)\)s|__\[POSTCOMPILE_(\w+)\]")
+#: A literal ``%%`` (kept), a named marker (rewritten to %s) or an expanding list's
+#: placeholder (kept), in text order.
+_MARKERS = re.compile(r"%%|%\(([^)]+)\)s|__\[POSTCOMPILE_([^\]]+)\]")
 
 Processor = Callable[[Any], Any]
 
@@ -43,7 +44,7 @@ class Prepared:
     def __init__(self, statement: sa.Executable, dialect: sa.Dialect) -> None:
         compiled = cast(SQLCompiler, cast(sa.ClauseElement, statement).compile(dialect=dialect))
         if dialect.paramstyle == "pyformat":
-            self._sql, self._order = _positional(compiled.string)
+            self._sql, self._order = _positional(compiled.string, compiled.escaped_bind_names)
         elif dialect.paramstyle in ("qmark", "format"):
             self._sql, self._order = compiled.string, list(compiled.positiontup or [])
         else:
@@ -115,9 +116,17 @@ def _processed(value: Any, processor: Processor | None, binary: bool) -> Any:
     return processor(value)
 
 
-def _positional(sql: str) -> tuple[str, list[str]]:
-    """``sql`` with %(name)s markers as %s, and the parameter names in text order."""
-    order = [named or expanding for named, expanding in _MARKERS.findall(sql)]
+def _positional(sql: str, escaped: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``sql`` with %(name)s markers as %s, and the parameter names in text order.
+
+    ``escaped`` maps names SQLAlchemy had to escape in the text to the escaped spelling.
+    """
+    original = {spelled: name for name, spelled in escaped.items()}
+    order = [
+        original.get(named or expanding, named or expanding)
+        for named, expanding in _MARKERS.findall(sql)
+        if named or expanding
+    ]
     return _MARKERS.sub(lambda m: "%s" if m.group(1) else m.group(0), sql), order
 
 
