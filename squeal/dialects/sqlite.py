@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -11,6 +13,7 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import Strategy
+from squeal.errors import DatabaseBusy
 
 
 @compiles(now_ms, "sqlite")
@@ -19,6 +22,8 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
     return "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
 
 
+#: How long switching a fresh file to WAL keeps retrying while other connections hold it.
+WAL_SWITCH_SECONDS = 60.0
 _BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
 
 
@@ -76,10 +81,34 @@ class SQLiteStrategy(Strategy):
         dbapi.isolation_level = None
 
     def after_migrate(self, connection: sa.Connection) -> None:
-        # WAL lets readers run beside the single writer; it is a property of the file and
-        # persists. An in-memory database has no WAL and keeps its own mode.
-        if connection.engine.url.database not in (None, "", ":memory:"):
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL").all()
+        """Switch the file to WAL: readers then run beside the single writer (it persists).
+
+        The switch needs the file to itself. Other processes migrating the same fresh file at
+        once take turns on its write lock meanwhile, and one busy timeout (5 s) was seen to
+        run out under load; so it is retried, with jittered backoff, for WAL_SWITCH_SECONDS.
+        An in-memory database has no WAL and keeps its own mode.
+        """
+        if connection.engine.url.database in (None, "", ":memory:"):
+            return
+        deadline = time.monotonic() + WAL_SWITCH_SECONDS
+        pause = 0.01
+        while True:
+            try:
+                mode = connection.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+            except sa.exc.OperationalError as error:
+                if not self.is_retryable(error) or time.monotonic() + pause > deadline:
+                    raise
+                mode = None
+            if str(mode).lower() == "wal":
+                return
+            if time.monotonic() + pause > deadline:
+                raise DatabaseBusy(
+                    f"could not switch the SQLite file to WAL in {WAL_SWITCH_SECONDS:.0f}s "
+                    f"(journal mode is still {mode}): another process keeps it open",
+                    retryable=True,
+                )
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.5)
 
     def is_retryable(self, error: BaseException) -> bool:
         text = str(error).lower()
