@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from squeal import Queue
+from tests.children import Children
 
 DATABASES = ("sqlite", "postgresql", "mysql")
 DEFAULT_URLS = {
@@ -158,3 +159,15 @@ def make_queue(engine: sa.Engine, prefix: str) -> Iterator[Callable[..., Queue]]
 def queue(make_queue: Callable[..., Queue]) -> Queue:
     """A queue with default options on fresh tables."""
     return make_queue()
+
+
+@pytest.fixture
+def children(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str, tmp_path: Path
+) -> Iterator[Children]:
+    """Worker processes; requested after the tables exist, stopped before they are dropped."""
+    pool = Children(db_url, prefix, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()

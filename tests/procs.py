@@ -87,7 +87,12 @@ def _say(line: str) -> None:
 
 
 def _queue(args: argparse.Namespace) -> Queue:
-    q = Queue(sa.create_engine(args.url), prefix=args.prefix, visibility_timeout=args.vt)
+    q = Queue(
+        sa.create_engine(args.url),
+        prefix=args.prefix,
+        visibility_timeout=args.vt,
+        dedup_window=args.dedup_window,
+    )
     q.size(args.topic)  # connect and check the schema before the race starts
     return q
 
@@ -258,6 +263,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="file the JSON result is written to")
     p.add_argument("--name", default=str(os.getpid()), help="written into payloads")
     p.add_argument("--vt", type=float, default=60.0, help="the queue's visibility_timeout")
+    p.add_argument("--dedup-window", type=float, default=None, help="the queue's dedup_window")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--count", type=int, default=0, help="messages to put (producers)")
     p.add_argument("--seed", type=int, default=0)

@@ -7,15 +7,9 @@ without a background process.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,9 +17,9 @@ import sqlalchemy as sa
 from squeal import InvalidType, Queue, ValidationError
 from squeal.dialects.dedup import CHUNK, SWEEP_EVERY
 from squeal.schema import build_tables
+from tests.children import Children
 from tests.race import race
 
-REPO = Path(__file__).resolve().parents[2]
 WINDOW = 60.0
 
 
@@ -252,92 +246,19 @@ def test_concurrent_duplicate_puts_from_threads_have_one_winner_per_window(
     assert results == [None] * threads
 
 
-_CHILD = """
-import json, sys
-import sqlalchemy as sa
-from squeal import Queue
-
-url, prefix, topic, name = sys.argv[1:5]
-q = Queue(sa.create_engine(url), prefix=prefix, dedup_window=60.0)
-q.size(topic)
-print("ready", flush=True)
-if sys.stdin.readline().strip() == "go":
-    for line in sys.stdin:
-        key = line.strip()
-        if not key:
-            break
-        try:
-            reply = {"id": q.put(f"{name}:{key}".encode(), topic, dedup_key=key)}
-        except Exception as exc:
-            reply = {"error": repr(exc)}
-        print(json.dumps(reply), flush=True)
-"""
-
-
-class _Producer:
-    """A child process that answers each key line with the result of a windowed put."""
-
-    def __init__(self, db_url: str, prefix: str, name: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, db_url, prefix, "t", name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-            env=env,
-        )
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"{self.name} exited early ({self.proc.poll()})"
-        return line.strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-
-
-@pytest.fixture
-def producers(windowed: Queue, db_url: str, prefix: str) -> Iterator[list[_Producer]]:
-    """Four producer processes on this test's tables, killed at teardown."""
-    started = [_Producer(db_url, prefix, f"p{i}") for i in range(4)]
-    timer = threading.Timer(60, lambda: [p.stop() for p in started])  # never hang the suite
-    timer.start()
-    try:
-        yield started
-    finally:
-        timer.cancel()
-        for p in started:
-            p.stop()
-
-
 def test_concurrent_duplicate_puts_from_processes_have_one_winner_per_window(
-    windowed: Queue, producers: list[_Producer]
+    windowed: Queue, children: Children
 ) -> None:
-    for p in producers:
-        assert p.read() == "ready"
-    for p in producers:
-        p.send("go")
+    producers = [
+        children.start("dedup-put", f"p{i}", "--dedup-window", str(WINDOW), topic="t")
+        for i in range(4)
+    ]
+    children.go(producers)
     rounds = 6
     winners = []
     for round_ in range(rounds):
         key = f"key-{round_}"
-        for p in producers:
-            p.send(key)
-        replies = [json.loads(p.read()) for p in producers]
+        replies = children.ask(producers, key)
         assert [r.get("error") for r in replies] == [None] * len(producers)
         pairs = zip(replies, producers, strict=True)
         won = [f"{p.name}:{key}".encode() for r, p in pairs if r["id"]]
@@ -346,12 +267,11 @@ def test_concurrent_duplicate_puts_from_processes_have_one_winner_per_window(
         # Ack the winner before the next round: only the window can block these keys now.
         assert _drain(windowed, "t") == won
     for round_ in range(rounds):
-        for p in producers:
-            p.send(f"key-{round_}")
-        assert [json.loads(p.read()) for p in producers] == [{"id": None}] * len(producers)
+        replies = children.ask(producers, f"key-{round_}")
+        assert [r.get("id", "error") for r in replies] == [None] * len(producers), replies
     for p in producers:
         p.send("")
-        assert p.proc.wait(30) == 0
+    children.results(producers)
     assert windowed.stats().get("t") is None
     assert len(winners) == rounds
 
