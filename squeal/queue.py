@@ -401,13 +401,14 @@ class Queue:
             if visibility_timeout is None
             else check.seconds(visibility_timeout, "visibility_timeout", positive=True)
         )
+        vt_ms = check.to_ms(vt)
         wait = check.seconds(wait, "wait")
         deadline = time.monotonic() + wait
         waiter = self._waiting() if wait > 0 else None
         pause = 0.0 if waiter is None else waiter.first_pause
         while True:
             mark = 0 if waiter is None else waiter.mark()
-            messages = self._claim(topic, limit, check.to_ms(vt))
+            messages = self._claim(topic, limit, vt_ms)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0 or waiter is None:
                 return messages
@@ -473,16 +474,18 @@ class Queue:
         if not messages:
             return
         s = self._strategy
+        # A batch deletes per lease token (get_many hands out one token per call).
+        by_token: dict[int, list[int]] = {}
+        if len(messages) > 1:
+            for msg in messages:
+                by_token.setdefault(msg.lease_token, []).append(msg.id)
 
         def ack(ex: Executor) -> None:
-            if len(messages) == 1:
+            if not by_token:
                 msg = messages[0]
                 done = ex.count(s.ack, {"msg_id": msg.id, "token": msg.lease_token})
                 _expect(done, messages)
                 return
-            by_token: dict[int, list[int]] = {}
-            for msg in messages:
-                by_token.setdefault(msg.lease_token, []).append(msg.id)
             done = sum(
                 ex.count(s.ack_batch, {"token": token, "ids": ids})
                 for token, ids in by_token.items()
@@ -493,9 +496,8 @@ class Queue:
                     message_id=messages[0].id,
                 )
 
-        tokens = len({msg.lease_token for msg in messages})
         try:
-            self._session.write(ack, connection, atomic=tokens > 1, commit_on=LeaseLost)
+            self._session.write(ack, connection, atomic=len(by_token) > 1, commit_on=LeaseLost)
         except LeaseLost as lost:
             log.lease_lost("ack", messages, lost.message_id)
             raise
