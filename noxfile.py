@@ -33,7 +33,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Every database it can reach (unreachable servers are deselected with the reason)."""
+    """Every database it can reach (what it cannot reach is a skip with the reason)."""
     _install(session)
     session.run("pytest", *session.posargs)
 
@@ -46,6 +46,16 @@ def tests_db(session: nox.Session, db: str) -> None:
     if db == "mysql" and "SQUEAL_TEST_MYSQL_URL" not in os.environ:
         session.log("mysql: the default MariaDB/MySQL URL; set SQUEAL_TEST_MYSQL_URL to change it")
     session.run("pytest", f"--db={db}", "--require-db", *session.posargs)
+
+
+@nox.session(name="tests-python", python=["3.10", "3.13"])
+def tests_python(session: nox.Session) -> None:
+    """The SQLite suite on the lowest Python (lowest SQLAlchemy and Alembic) and the newest."""
+    if session.python == "3.10":
+        session.install("-e", ".[dev]", "-c", ".ci/lowest.txt")
+    else:
+        session.install("-e", ".[dev]")
+    session.run("pytest", "--db=sqlite", "--require-db", *session.posargs)
 
 
 @nox.session

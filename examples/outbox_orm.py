@@ -3,7 +3,9 @@
 Run:  python examples/outbox_orm.py [--url URL]
 
 ``put(..., connection=session.connection())`` writes the message in the Session's transaction:
-commit and both the row and the message exist; roll back and neither does.
+commit and both the row and the message exist; roll back and neither does. The example works on
+tables of its own (prefix ``example_outbox``, orders in ``example_outbox_orders``) and drops them
+at the end only if this run created them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from squeal import Queue
+from squeal import Queue, migrate
 
 
 class Base(orm.DeclarativeBase):
@@ -38,6 +40,8 @@ def place_order(session: orm.Session, queue: Queue, item: str) -> Order:
 
 def main(url: str) -> None:
     engine = sa.create_engine(url)
+    created = migrate.current(engine, prefix="example_outbox") is None  # ours to drop
+    created_orders = not sa.inspect(engine).has_table(Order.__tablename__)
     queue = Queue(engine, prefix="example_outbox")
     queue.create()
     Base.metadata.create_all(engine)
@@ -56,8 +60,10 @@ def main(url: str) -> None:
         with orm.Session(engine) as session:
             print("orders in the table:", [o.item for o in session.scalars(sa.select(Order))])
     finally:
-        Base.metadata.drop_all(engine)
-        queue.destroy()
+        if created_orders:
+            Base.metadata.drop_all(engine)
+        if created:
+            queue.destroy()
         queue.close()
         engine.dispose()
 

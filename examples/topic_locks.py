@@ -5,7 +5,8 @@ Run:  python examples/topic_locks.py [--url URL]
 A crawler keeps one topic per web site. Politeness: at most two downloads per site at once,
 and one crawler at a time per site. First a bare topic lock works one site alone; then two
 Buffers (two Queue objects, as two crawler processes would have) share the other sites on
-threads, never the same site at once.
+threads, never the same site at once. It works on tables of its own prefix,
+``example_topic_locks``, and drops them at the end only if this run created them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from squeal import Buffer, Queue
+from squeal import Buffer, Queue, migrate
 
+PREFIX = "example_topic_locks"
 SITES = ["example.com", "example.org", "example.net", "python.org"]
 PAGES = 12
 
@@ -42,33 +44,38 @@ def crawl(name: str, queue: Queue, done: Counter[str]) -> None:
 
 def main(url: str) -> None:
     engine = sa.create_engine(url)
-    queue = Queue(engine, prefix="example_topic_locks")
+    created = migrate.current(engine, prefix=PREFIX) is None  # no tables yet: ours to drop
+    queue = Queue(engine, prefix=PREFIX)
     queue.create()
-    for site in SITES:
-        queue.put_many([f"https://{site}/{i}".encode() for i in range(PAGES)], topic=site)
+    try:
+        for site in SITES:
+            queue.put_many([f"https://{site}/{i}".encode() for i in range(PAGES)], topic=site)
 
-    # A bare topic lock: the site with the most ready pages, for this consumer alone.
-    lock = queue.acquire_topic()
-    assert lock is not None
-    with lock:
-        first = queue.get_many(lock.topic, 3)
-        queue.ack_many(first)
-        print(f"locked {lock.topic} and crawled {len(first)} pages of it alone")
+        # A bare topic lock: the site with the most ready pages, for this consumer alone.
+        lock = queue.acquire_topic()
+        assert lock is not None
+        with lock:
+            first = queue.get_many(lock.topic, 3)
+            queue.ack_many(first)
+            print(f"locked {lock.topic} and crawled {len(first)} pages of it alone")
 
-    done: Counter[str] = Counter()
-    crawlers = [
-        threading.Thread(target=crawl, args=(name, Queue(engine, prefix=queue.prefix), done))
-        for name in ("crawler-1", "crawler-2")
-    ]
-    for thread in crawlers:
-        thread.start()
-    for thread in crawlers:
-        thread.join()
-    print(", ".join(f"{name} crawled {n} pages" for name, n in sorted(done.items())))
-    left = queue.stats()
-    queue.destroy()
-    queue.close()
-    if left or sum(done.values()) + len(first) != len(SITES) * PAGES:
+        done: Counter[str] = Counter()
+        crawlers = [
+            threading.Thread(target=crawl, args=(name, Queue(engine, prefix=PREFIX), done))
+            for name in ("crawler-1", "crawler-2")
+        ]
+        for thread in crawlers:
+            thread.start()
+        for thread in crawlers:
+            thread.join()
+        print(", ".join(f"{name} crawled {n} pages" for name, n in sorted(done.items())))
+        left = {topic: s.total for topic, s in queue.stats().items() if topic in SITES}
+    finally:
+        if created:
+            queue.destroy()
+        queue.close()
+        engine.dispose()
+    if left or sum(done.values()) + len(first) < len(SITES) * PAGES:
         raise SystemExit(f"pages left behind: {left}")
 
 

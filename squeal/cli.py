@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -79,9 +80,33 @@ def command(
 # -- the database a command works on ------------------------------------------------------------
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser that takes options between positionals (``put T --priority 9 D``)."""
+
+    _inside = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inside:  # parse_known_intermixed_args calls back here for each pass
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     # The subcommands repeat the options with SUPPRESS defaults, so that a value given before
     # the subcommand is not overwritten by the subparser's default.
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="show tracebacks (of errors, and of failing handlers in squeal worker)",
+    )
     parser.add_argument(
         "--url",
         default=None if defaults else argparse.SUPPRESS,
@@ -147,12 +172,7 @@ def connected_engine(url: sa.URL) -> Iterator[sa.Engine]:
             f"invalid --url: SQLAlchemy has no database dialect {url.drivername!r}", EXIT_USAGE
         ) from None
     except ImportError as exc:
-        extra = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
-        hint = extra.get(url.get_backend_name())
-        raise CommandError(
-            f"the database driver for {url.drivername!r} is not installed ({exc})"
-            + (f"; install it with: pip install 'squeal[{hint}]'" if hint else "")
-        ) from None
+        raise CommandError(_driver_hint(url, exc)) from None
     try:
         try:
             with engine.connect() as conn:
@@ -162,6 +182,33 @@ def connected_engine(url: sa.URL) -> Iterator[sa.Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+#: Drivers to suggest, when installed, for a bare URL whose default driver is missing.
+_INSTALLED_ALTERNATIVES = {
+    "mysql": ("pymysql",),
+    "mariadb": ("pymysql",),
+    "postgresql": ("psycopg", "psycopg2"),
+}
+
+
+def _driver_hint(url: sa.URL, error: ImportError) -> str:
+    """What to do when ``url``'s driver is missing: its extra, or an installed alternative."""
+    import importlib.util
+
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    text = f"the {driver} driver for {url.drivername!r} URLs is not installed ({error})"
+    extra = {("postgresql", "psycopg"): "postgresql", ("mysql", "pymysql"): "mysql"}.get(
+        ("mysql" if backend == "mariadb" else backend, driver)
+    )
+    if extra:
+        text += f"; install it with: pip install 'squeal[{extra}]'"
+    if "+" not in url.drivername:  # a bare URL names SQLAlchemy's default driver
+        for name in _INSTALLED_ALTERNATIVES.get(backend, ()):
+            if name != driver and importlib.util.find_spec(name) is not None:
+                text += f", or use the installed {name}: {backend}+{name}://..."
+                break
+    return text
 
 
 # -- squeal migrate -----------------------------------------------------------------------------
@@ -194,6 +241,12 @@ def _migrate_plan(args: argparse.Namespace) -> tuple[str, str | None]:
     """(action, revision) from ``squeal migrate [ACTION] [REVISION]``."""
     action, revision = args.action, args.revision
     if action is not None and action not in _MIGRATE_ACTIONS:
+        if revision is None and not _is_revision(action):
+            raise CommandError(
+                f"unknown migrate action or revision {action!r} (actions: "
+                f"{', '.join(_MIGRATE_ACTIONS)}; revisions: {', '.join(_revisions())})",
+                EXIT_USAGE,
+            )
         if revision is not None:
             raise CommandError(
                 f"unknown migrate action {action!r} (choose from {', '.join(_MIGRATE_ACTIONS)})",
@@ -210,6 +263,25 @@ def _migrate_plan(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.sql and action != "upgrade":
         raise CommandError("--sql prints an upgrade only", EXIT_USAGE)
     return action, revision
+
+
+def _revisions() -> list[str]:
+    """squeal's revision ids, oldest first, then Alembic's symbolic names."""
+    from alembic.script import ScriptDirectory
+
+    from squeal import migrate
+
+    script = ScriptDirectory.from_config(migrate.config())
+    ids = [r.revision for r in script.walk_revisions()]
+    return [*reversed(ids), "head", "base"]
+
+
+def _is_revision(text: str) -> bool:
+    """True for a revision Alembic would take: an id, head/base, or relative (head-1, +1)."""
+    if text in _revisions() or text in ("heads",):
+        return True
+    stem, sign, step = text.rpartition("+") if "+" in text else text.rpartition("-")
+    return bool(sign) and step.isdigit() and stem in ("", "head", "base", *_revisions())
 
 
 def _sqlite_file_missing(url: sa.URL) -> bool:
@@ -325,7 +397,11 @@ def _payload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def show_payload(data: bytes, args: argparse.Namespace) -> str:
-    """``data`` printable on one line: text when it is UTF-8, else ``base64:...``."""
+    """``data`` on one line, never two payloads alike (docs/cli.md):
+
+    printable UTF-8 text as it is, unless it is empty or starts with ``"`` or ``base64:``;
+    other UTF-8 text as a JSON string (starts with ``"``); other bytes as ``base64:...``.
+    """
     if getattr(args, "hex", False):
         return data.hex()
     if not getattr(args, "base64", False):
@@ -334,10 +410,22 @@ def show_payload(data: bytes, args: argparse.Namespace) -> str:
         except UnicodeDecodeError:
             pass
         else:
-            if text.isprintable():
+            if text.isprintable() and text and not text.startswith(('"', "base64:")):
                 return text
-            return json.dumps(text)  # control characters escaped, quoted
+            return json.dumps(text, ensure_ascii=False)  # quoted, control characters escaped
     return "base64:" + base64.b64encode(data).decode("ascii")
+
+
+def json_payload(data: bytes, args: argparse.Namespace) -> dict[str, str]:
+    """``payload`` and its ``encoding`` for --json: decodes back to exactly ``data``."""
+    if getattr(args, "hex", False):
+        return {"payload": data.hex(), "encoding": "hex"}
+    if not getattr(args, "base64", False):
+        try:
+            return {"payload": data.decode("utf-8"), "encoding": "utf-8"}
+        except UnicodeDecodeError:
+            pass
+    return {"payload": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -402,7 +490,13 @@ def _put_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DATA",
         nargs="?",
         default="-",
-        help="payload text, or - for stdin (default)",
+        help="payload text, or - for stdin (default); stdin's one trailing newline is dropped",
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="keep stdin exactly, trailing newline included"
+    )
+    parser.add_argument(
+        "--allow-empty", action="store_true", help="accept an empty payload (default: an error)"
     )
     parser.add_argument("--priority", type=int, default=0, help="higher is delivered first")
     parser.add_argument("--delay", type=float, default=None, help="seconds before it is visible")
@@ -411,13 +505,23 @@ def _put_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("put", help="enqueue one message (DATA, or stdin with -)", arguments=_put_arguments)
 def put_command(args: argparse.Namespace) -> int:
-    """``squeal put TOPIC [DATA|-]``: prints the new id."""
-    data = sys.stdin.buffer.read() if args.data == "-" else os.fsencode(args.data)
+    """``squeal put TOPIC [DATA|-]``: prints the new id (nothing on stdout when deduplicated)."""
+    if args.data == "-":
+        data = sys.stdin.buffer.read()
+        if not args.raw:
+            data = data.removesuffix(b"\n").removesuffix(b"\r")
+    else:
+        data = os.fsencode(args.data)
+    if not data and not args.allow_empty:
+        raise CommandError("the payload is empty (pass --allow-empty to enqueue it)", EXIT_USAGE)
     with open_queue(args) as queue:
         new_id = queue.put(
             data, args.topic, priority=args.priority, delay=args.delay, dedup_key=args.dedup_key
         )
-    print("deduplicated: a live message has this key" if new_id is None else new_id)
+    if new_id is None:
+        print("squeal: deduplicated: a message with this key is live", file=sys.stderr)
+    else:
+        print(new_id)
     return EXIT_OK
 
 
@@ -437,7 +541,7 @@ def _print_messages(args: argparse.Namespace, items: Sequence[Any], leased: bool
                 "priority": m.priority,
                 "attempts": m.attempts,
                 "enqueued_at": m.enqueued_at.isoformat(),
-                "payload": show_payload(m.payload, args),
+                **json_payload(m.payload, args),
             }
             if leased:
                 record["lease_token"] = m.lease_token
@@ -562,7 +666,7 @@ def purge_command(args: argparse.Namespace) -> int:
             count = 0 if stats is None else (stats.dead if args.dead_only else stats.total)
             answer = input(f"delete {count} {what} of {args.topic!r}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
-                print("nothing deleted")
+                print("nothing deleted", file=sys.stderr)
                 return EXIT_FAILURE
         deleted = queue.purge(args.topic, dead_only=args.dead_only)
     print(f"deleted {deleted} {what} of {args.topic!r}")
@@ -580,7 +684,13 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="handler threads")
     parser.add_argument("--visibility-timeout", type=float, default=60.0, help="lease seconds")
-    parser.add_argument("--max-attempts", type=int, default=None, help="deliveries before dead")
+    parser.add_argument(
+        "--max-attempts",
+        type=_attempts,
+        default=25,
+        metavar="N",
+        help="deliveries before a failing message is dead (default 25; 'unlimited': never)",
+    )
     parser.add_argument("--failure-base-delay", type=float, default=1.0, help="first backoff")
     parser.add_argument(
         "--grace-period",
@@ -595,15 +705,42 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _attempts(text: str) -> int | None:
+    """``--max-attempts``: a positive count, or ``unlimited``."""
+    if text.strip().lower() == "unlimited":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'unlimited', not {text!r}")
+    return value
+
+
+class _OneLineFormatter(logging.Formatter):
+    """A formatter that leaves tracebacks out: ``squeal worker`` shows them with ``-v``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
 @command(
     "worker",
     help="consume topics with a handler (module:function) until SIGTERM",
     arguments=_worker_arguments,
 )
 def worker_command(args: argparse.Namespace) -> int:
-    """``squeal worker module:function``: logs one line per failure; exit 0 after a clean stop."""
-    import logging
+    """``squeal worker module:function``: logs each failure; exit 0 after a clean stop.
 
+    A failing handler is one line on stderr (with its traceback under ``-v``); a message that
+    went dead is an ERROR line. Missing tables end the worker with exit status 1.
+    """
     from squeal.worker import Worker, load_handler
 
     if os.getcwd() not in sys.path:
@@ -612,7 +749,11 @@ def worker_command(args: argparse.Namespace) -> int:
         handler = load_handler(args.handler)
     except (ImportError, AttributeError) as exc:
         raise CommandError(f"cannot load handler {args.handler!r}: {exc}", EXIT_USAGE) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    output = logging.StreamHandler(sys.stderr)
+    line = "%(asctime)s %(levelname)s %(message)s"
+    verbose = getattr(args, "verbose", False)
+    output.setFormatter(logging.Formatter(line) if verbose else _OneLineFormatter(line))
+    logging.basicConfig(level=logging.INFO, handlers=[output])
     options = {
         "visibility_timeout": args.visibility_timeout,
         "max_attempts": args.max_attempts,
@@ -691,7 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"squeal {__version__}")
     _add_global_options(parser, defaults=True)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_IntermixedParser
+    )
     for cmd in COMMANDS.values():
         sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         _add_global_options(sub, defaults=False)
@@ -710,11 +853,19 @@ def _secret(args: argparse.Namespace) -> str | None:
 _MIN_SCRUBBED = 4
 
 
-def _report(message: str, secret: str | None) -> None:
-    text = " ".join(message.split())
-    if secret and len(secret) >= _MIN_SCRUBBED:
-        text = text.replace(secret, "***")
-    print(f"squeal: error: {text}", file=sys.stderr)
+def _report(message: str, secret: str | None, error: BaseException | None = None) -> None:
+    """One line on stderr; with ``error`` (``-v``) its traceback first. Passwords scrubbed."""
+
+    def scrubbed(text: str) -> str:
+        if secret and len(secret) >= _MIN_SCRUBBED:
+            return text.replace(secret, "***")
+        return text
+
+    if error is not None:
+        import traceback
+
+        sys.stderr.write(scrubbed("".join(traceback.format_exception(error))))
+    print(f"squeal: error: {scrubbed(' '.join(message.split()))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -733,22 +884,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from squeal.errors import SquealError, ValidationError
 
     secret = _secret(args)
+    verbose = bool(getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command].run(args)
     except CommandError as exc:
-        _report(exc.message, secret)
+        _report(exc.message, secret, exc if verbose else None)
         return exc.exit_code
     except ValidationError as exc:
-        _report(str(exc), secret)
+        _report(str(exc), secret, exc if verbose else None)
         return EXIT_USAGE
     except SquealError as exc:
-        _report(str(exc), secret)
+        _report(str(exc), secret, exc if verbose else None)
         return EXIT_FAILURE
     except AlembicError as exc:
-        _report(f"migration failed: {_first_line(exc)}", secret)
+        _report(f"migration failed: {_first_line(exc)}", secret, exc if verbose else None)
         return EXIT_FAILURE
     except sa.exc.SQLAlchemyError as exc:
-        _report(f"database error: {_reason(exc)}", secret)
+        _report(f"database error: {_reason(exc)}", secret, exc if verbose else None)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         _report("interrupted", secret)

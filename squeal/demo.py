@@ -110,7 +110,7 @@ class _Screen:
         self._last = now
         width = 30
         filled = width * done // max(total, 1)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {done:>5}/{total} {text}"
+        line = f"[{'#' * filled}{'.' * (width - filled)}] handled {done:>5} of {total} | {text}"
         if self.tty:
             sys.stdout.write("\r" + line.ljust(100))
         else:
@@ -206,7 +206,7 @@ def _run(  # noqa: PLR0915, PLR0917 -- one linear script, read top to bottom
             done = made - left if made >= total else max(0, made - left)
             rate = done / max(time.monotonic() - start, 1e-3)
             text = (
-                f"ready {0 if stats is None else stats.ready:>4}  "
+                f"now ready {0 if stats is None else stats.ready:>4}  "
                 f"leased {0 if stats is None else stats.leased:>3}  "
                 f"retrying {0 if stats is None else stats.delayed:>2}  "
                 f"dead {0 if stats is None else stats.dead}  {rate:6.0f} msg/s"

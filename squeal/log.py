@@ -1,4 +1,8 @@
-"""squeal's structured log events: the ``squeal`` logger, quiet unless the application asks.
+"""squeal's structured log events on the ``squeal`` logger.
+
+No handler is installed (not even a NullHandler): with no logging configured, Python's
+last-resort handler prints WARNING and above to stderr, so a failure is never silent, and
+normal operation logs nothing at that level. The events below are DEBUG and INFO.
 
 Every event is one record whose message is the event name followed by its fields, and whose
 fields are also attributes of the record (``extra=``): ``record.squeal_event`` is the name and
@@ -19,7 +23,6 @@ if TYPE_CHECKING:
     from squeal.message import Message
 
 logger = logging.getLogger("squeal")
-logger.addHandler(logging.NullHandler())
 
 DEBUG = logging.DEBUG
 WARNING = logging.WARNING
@@ -77,19 +80,21 @@ def nacked(
     messages: Sequence[Message], params: Sequence[Mapping[str, Any]], max_attempts: int
 ) -> None:
     """``nack`` per message (``params``: each one's ``delay_ms``), ``dead`` for the last try."""
-    if not logger.isEnabledFor(DEBUG):
+    if not logger.isEnabledFor(NOTABLE):
         return
+    every = logger.isEnabledFor(DEBUG)
     for msg, values in zip(messages, params, strict=True):
         delay_ms = values["delay_ms"]
         dead = msg.attempts >= max_attempts
-        event(
-            "nack",
-            topic=msg.topic,
-            message_id=msg.id,
-            attempts=msg.attempts,
-            delay=None if dead else delay_ms / 1000,
-            dead=dead,
-        )
+        if every:
+            event(
+                "nack",
+                topic=msg.topic,
+                message_id=msg.id,
+                attempts=msg.attempts,
+                delay=None if dead else delay_ms / 1000,
+                dead=dead,
+            )
         if dead:
             event(
                 "dead",

@@ -1,4 +1,4 @@
-"""Queue: the user-facing operations, reading like the semantics in DESIGN.md section 4."""
+"""Queue: the user-facing operations (semantics: README.md, docs/guarantees.md)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ from squeal.waiting import Poller, waiter_for
 
 S = TypeVar("S", bound=StoredMessage)
 
+#: Deliveries before a failing message is dead. With failure_base_delay=1 and
+#: max_failure_delay=3600 the 24 backoffs add up to 10-13 hours (jittered): long enough to
+#: outlast a dependency's overnight outage, short enough that a poison message or a crash loop
+#: is dead within a day instead of retrying forever. River and Sidekiq use 25, Oban 20.
+DEFAULT_MAX_ATTEMPTS = 25
 #: Stands for "no limit" in SQL that compares attempts (max_attempts=None).
 _UNLIMITED_ATTEMPTS = 2**31 - 1
 #: Rows per INSERT statement, and payload bytes per statement (MySQL's max_allowed_packet).
@@ -44,7 +49,8 @@ class Queue:
         new_message_delay: default seconds before a new message becomes visible.
         failure_base_delay: backoff after the first failed attempt; doubles per attempt.
         max_failure_delay: upper bound of the backoff.
-        max_attempts: deliveries before a failing message becomes dead; None means unlimited.
+        max_attempts: deliveries before a failing message becomes dead (default 25: with the
+            default backoff about half a day of retries); None means unlimited.
         max_payload_size: largest payload in bytes (default 1 MiB, at most 512 MiB).
         notify: PostgreSQL only: puts send a wake-up notification and ``get(wait=...)``
             listens for it on a dedicated connection (False: plain polling, no NOTIFY).
@@ -67,7 +73,7 @@ class Queue:
         new_message_delay: float = 0.0,
         failure_base_delay: float = 1.0,
         max_failure_delay: float = 3600.0,
-        max_attempts: int | None = None,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
         max_payload_size: int = 1_048_576,
         notify: bool = True,
         topic_lock_timeout: float = 900.0,

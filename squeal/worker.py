@@ -4,10 +4,14 @@
     worker.run()  # until SIGTERM/SIGINT or worker.stop()
 
 A handler that returns acks the message; one that raises nacks it (redelivered after the
-queue's backoff, dead after ``max_attempts``) and logs one line without the payload. While a
-handler runs longer than a third of the visibility timeout, a heartbeat extends its lease. On
-stop, the worker claims nothing more, lets in-flight handlers finish within ``grace_period``,
-then releases the messages still running, so they are redelivered at once: nothing is lost.
+queue's backoff, dead after ``max_attempts``) and is logged on ``squeal.worker`` with its
+traceback: WARNING while it will be retried, ERROR when the message went dead. squeal's own
+text never includes the payload. A heartbeat extends each running handler's lease a third of
+the visibility timeout after the lease (or its last extension) was asked for, so a slow
+extension still has two thirds of the lease to land. On stop, the worker claims nothing more,
+lets in-flight handlers finish within ``grace_period``, then releases the messages still
+running, so they are redelivered at once: nothing is lost. Missing or outdated tables stop the
+worker: ``run`` raises the SchemaError that names the command to run.
 
 With ``ack_in_transaction=True`` the handler is called as ``handler(message, connection)``
 inside a transaction on the queue's engine, and the ack commits with the handler's writes.
@@ -15,7 +19,9 @@ inside a transaction on the queue's engine, and the ack commits with the handler
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import signal
 import threading
 import time
@@ -25,7 +31,14 @@ from types import FrameType
 from typing import Any
 
 from squeal import validation as check
-from squeal.errors import InvalidType, SquealError, ValidationError
+from squeal.errors import (
+    InvalidType,
+    LeaseLost,
+    SchemaError,
+    SquealError,
+    UnsupportedDatabase,
+    ValidationError,
+)
 from squeal.message import Message
 from squeal.queue import Queue
 
@@ -33,11 +46,17 @@ log = logging.getLogger("squeal.worker")
 
 Handler = Callable[..., Any]
 
+#: Errors no retry can mend: the worker stops and ``run`` raises them.
+_FATAL = (SchemaError, UnsupportedDatabase)
+#: Seconds between claim retries after a failed claim: doubling from the first to the last.
+_CLAIM_RETRY = (1.0, 30.0)
+
 
 @dataclass
 class _InFlight:
     message: Message
-    started: float
+    #: ``time.monotonic()`` at which the heartbeat extends the lease next.
+    renew_at: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False  # settled by its handler thread, or released at shutdown
 
@@ -64,6 +83,10 @@ class Worker:
         grace_period: seconds in-flight handlers get to finish after a stop.
         heartbeat: seconds between lease extensions (default: a third of the lease).
         ack_in_transaction: run handler and ack in one transaction on the queue's engine.
+
+    Raises:
+        ValueError (squeal.ValidationError): a bad option, or a handler that cannot be called
+            with the arguments ``ack_in_transaction`` implies.
     """
 
     def __init__(
@@ -79,7 +102,8 @@ class Worker:
         ack_in_transaction: bool = False,
     ) -> None:
         self.queue = queue
-        self.handler = handler
+        self.ack_in_transaction = bool(ack_in_transaction)
+        self.handler = _checked(handler, self.ack_in_transaction)
         names = [topics] if isinstance(topics, str) else list(topics)
         self.topics = [check.text(t, "topic") for t in names]
         if not self.topics:
@@ -92,12 +116,13 @@ class Worker:
             if heartbeat is None
             else check.seconds(heartbeat, "heartbeat", positive=True)
         )
-        self.ack_in_transaction = bool(ack_in_transaction)
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._free = threading.Semaphore(self.concurrency)
         self._in_flight: dict[int, _InFlight] = {}
+        self._arrived = threading.Event()  # wakes the heartbeat for a new in-flight message
+        self._fatal: SquealError | None = None
 
     # -- control --------------------------------------------------------------------------------
 
@@ -114,6 +139,11 @@ class Worker:
         """Consume until :meth:`stop`, SIGTERM or SIGINT; return what was done.
 
         Signal handlers are installed only when called from the main thread.
+
+        Raises:
+            SchemaMissing / SchemaOutOfDate: the queue's tables are missing or outdated (the
+                error names the command to run); in-flight handlers were drained first.
+            UnsupportedDatabase: the database cannot run squeal.
         """
         restore: dict[signal.Signals, Any] = {}
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
@@ -126,8 +156,11 @@ class Worker:
             self._drain()
         finally:
             self._stop.set()
+            self._arrived.set()
             for sig, previous in restore.items():
                 signal.signal(sig, previous)
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -138,6 +171,7 @@ class Worker:
 
     def _consume(self) -> None:
         turn = 0
+        retry = _CLAIM_RETRY[0]
         while not self._stop.is_set():
             if not self._free.acquire(timeout=0.2):
                 continue
@@ -148,14 +182,26 @@ class Worker:
             turn += 1
             # With several topics, a long wait on one would starve the others.
             wait = self.wait if len(self.topics) == 1 else min(self.wait, 0.1)
+            # Before the claim: the leases it grants run out no sooner than vt after this.
+            asked = time.monotonic()
             try:
                 messages = (
                     [] if self._stop.is_set() else self.queue.get_many(topic, free, wait=wait)
                 )
-            except SquealError as error:
-                log.warning("squeal worker: claim on %r failed: %s", topic, error)
+            except _FATAL as error:
+                log.error("squeal worker: stopping: %s", error)
+                self._fatal = error
+                self._stop.set()
                 messages = []
-                self._stop.wait(1.0)
+            except SquealError as error:
+                log.warning(
+                    "squeal worker: claim on %r failed (next try in %.0fs): %s", topic, retry, error
+                )
+                messages = []
+                self._stop.wait(retry)
+                retry = min(retry * 2, _CLAIM_RETRY[1])
+            else:
+                retry = _CLAIM_RETRY[0]
             for _ in range(free - len(messages)):
                 self._free.release()
             for msg in messages:
@@ -163,9 +209,10 @@ class Worker:
                     self._give_back(msg)
                     self._free.release()
                     continue
-                entry = _InFlight(msg, time.monotonic())
+                entry = _InFlight(msg, asked + self.heartbeat)
                 with self._lock:
                     self._in_flight[msg.id] = entry
+                self._arrived.set()
                 threading.Thread(
                     target=self._handle, args=(entry,), name=f"squeal-{msg.id}", daemon=True
                 ).start()
@@ -211,15 +258,7 @@ class Worker:
                 self.handler(msg)
                 self._settle(entry, ok=True)
         except Exception as error:
-            log.warning(
-                "squeal worker: message %d of topic %r failed on attempt %d: %s: %s",
-                msg.id,
-                msg.topic,
-                msg.attempts,
-                type(error).__name__,
-                " ".join(str(error).split())[:200],
-            )
-            self._settle(entry, ok=False)
+            self._settle(entry, ok=False, error=error)
         finally:
             with self._lock:
                 self._in_flight.pop(msg.id, None)
@@ -235,9 +274,11 @@ class Worker:
                 entry.done = True
         self.stats.acked += 1
 
-    def _settle(self, entry: _InFlight, *, ok: bool) -> None:
+    def _settle(self, entry: _InFlight, *, ok: bool, error: Exception | None = None) -> None:
         with entry.lock:
             if entry.done:
+                if error is not None:
+                    _failed(entry.message, error, "it was released at shutdown", logging.WARNING)
                 return
             entry.done = True
             try:
@@ -247,31 +288,97 @@ class Worker:
                 else:
                     entry.message.nack()
                     self.stats.failed += 1
-            except SquealError as error:
-                log.warning("squeal worker: message %d: %s", entry.message.id, error)
+            except SquealError as settling:
+                if error is not None:
+                    _failed(entry.message, error, "its nack failed", logging.WARNING)
+                log.warning("squeal worker: message %d: %s", entry.message.id, settling)
+                return
+        if error is not None:
+            limit = self.queue.max_attempts
+            if limit is not None and entry.message.attempts >= limit:
+                _failed(entry.message, error, f"it is dead after {limit} attempts", logging.ERROR)
+            else:
+                _failed(entry.message, error, "it will be retried", logging.WARNING)
 
     # -- heartbeats -----------------------------------------------------------------------------
 
     def _heartbeats(self) -> None:
-        while not self._stop.wait(min(self.heartbeat / 2, 1.0)) or self._in_flight:
-            now = time.monotonic()
+        """Extend each running handler's lease when it is due; sleep until the next is due."""
+        while True:
             with self._lock:
-                due = [e for e in self._in_flight.values() if now - e.started >= self.heartbeat]
-            for entry in due:
-                with entry.lock:
-                    if entry.done:
-                        continue
-                    try:
-                        entry.message.touch()
-                        entry.started = now
-                    except SquealError as error:
-                        log.warning(
-                            "squeal worker: lease of message %d not extended: %s",
-                            entry.message.id,
-                            error,
-                        )
+                entries = list(self._in_flight.values())
+            if not entries and self._stop.is_set():
+                return
+            now = time.monotonic()
+            for entry in entries:
+                if entry.renew_at <= now:
+                    self._renew(entry)
+            with self._lock:
+                due = min((e.renew_at for e in self._in_flight.values()), default=math.inf)
+            self._arrived.clear()
+            pause = min(due - time.monotonic(), self.heartbeat)
             if self._stop.is_set():
-                time.sleep(0.05)
+                pause = min(pause, 0.05)
+            if pause > 0:
+                self._arrived.wait(pause)
+
+    def _renew(self, entry: _InFlight) -> None:
+        with entry.lock:
+            if entry.done:
+                return
+            asked = time.monotonic()
+            try:
+                entry.message.touch()
+            except LeaseLost as error:
+                entry.renew_at = math.inf  # nothing left to extend
+                log.warning("squeal worker: lease of message %d lost: %s", entry.message.id, error)
+            except SquealError as error:
+                # Soon again: the lease is still running down.
+                entry.renew_at = asked + min(self.heartbeat / 4, 1.0)
+                log.warning(
+                    "squeal worker: lease of message %d not extended: %s", entry.message.id, error
+                )
+            else:
+                entry.renew_at = asked + self.heartbeat
+
+
+def _failed(msg: Message, error: Exception, outcome: str, level: int) -> None:
+    """Log a handler's exception with its traceback (its text is the user's, not a payload)."""
+    log.log(
+        level,
+        "squeal worker: message %d of topic %r failed on attempt %d and %s: %s: %s",
+        msg.id,
+        msg.topic,
+        msg.attempts,
+        outcome,
+        type(error).__name__,
+        " ".join(str(error).split())[:200],
+        exc_info=error,
+    )
+
+
+def _checked(handler: Handler, in_transaction: bool) -> Handler:
+    """``handler`` if it accepts the arguments the worker will pass; else ValidationError."""
+    if not callable(handler):
+        raise InvalidType(f"handler must be callable, not {type(handler).__name__}")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # some builtins have none: nothing to check
+        return handler
+    arguments = (None, None) if in_transaction else (None,)
+    try:
+        signature.bind(*arguments)
+    except TypeError:
+        name = getattr(handler, "__qualname__", repr(handler))
+        if in_transaction:
+            wanted = "handler(message, connection), as ack_in_transaction=True calls it"
+        else:
+            wanted = (
+                "handler(message); a handler(message, connection) needs "
+                "ack_in_transaction=True (--ack-in-transaction)"
+            )
+        raise ValidationError(f"{name}{signature} cannot be called as {wanted}") from None
+    return handler
 
 
 def load_handler(spec: str) -> Handler:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -82,8 +83,98 @@ def test_put_with_a_taken_dedup_key_enqueues_nothing(
     assert cli("put", "jobs", "x", "--dedup-key", "k").returncode == 0
     again = cli("put", "jobs", "y", "--dedup-key", "k")
     assert again.returncode == 0
-    assert "deduplicated" in again.stdout
+    assert again.stdout == ""  # a script sees no id; the notice is on stderr
+    assert "deduplicated" in again.stderr
     assert make_queue().size("jobs") == 1
+
+
+def test_options_may_follow_the_topic_and_the_data(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    put = cli("put", "jobs", "--priority", "10", "urgent")
+    assert put.returncode == 0, put.stderr
+    assert cli("put", "jobs", "normal", "--delay", "0").returncode == 0
+    [first, second] = make_queue().peek("jobs", 5)
+    assert (first.payload, first.priority, second.payload) == (b"urgent", 10, b"normal")
+
+
+def test_stdin_loses_one_trailing_newline_unless_raw_and_may_not_be_empty(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    assert cli("put", "jobs", "-", stdin=b"hello\n").returncode == 0
+    assert cli("put", "jobs", "-", "--raw", stdin=b"raw\n").returncode == 0
+    assert cli("put", "jobs", stdin=b"two lines\n\n").returncode == 0
+    empty = cli("put", "jobs", stdin=b"")
+    assert empty.returncode == 2
+    assert "--allow-empty" in empty.stderr
+    assert cli("put", "jobs", "--allow-empty", stdin=b"").returncode == 0
+    payloads = [m.payload for m in make_queue().peek("jobs", 10)]
+    assert payloads == [b"hello", b"raw\n", b"two lines\n", b""]
+
+
+TRICKY = [
+    b"base64:AAH/",
+    b"\x00\x01\xff",
+    b"",
+    b'"quoted"',
+    b"tab\there",
+    b"plain text",
+    b"\xe9t\xe9",
+]
+
+
+def test_payloads_display_unambiguously_and_json_decodes_to_the_exact_bytes(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    make_queue().put_many(TRICKY, "bytes")
+    table = cli("peek", "bytes", "-n", "20")
+    shown = [line.split(None, 5)[-1] for line in table.stdout.splitlines()[1:]]
+    assert len(shown) == len(TRICKY)
+    assert len(set(shown)) == len(TRICKY), shown
+    decoded = []
+    for line in cli("peek", "bytes", "-n", "20", "--json").stdout.splitlines():
+        record = json.loads(line)
+        if record["encoding"] == "utf-8":
+            decoded.append(record["payload"].encode("utf-8"))
+        else:
+            assert record["encoding"] == "base64"
+            decoded.append(base64.b64decode(record["payload"]))
+    assert decoded == TRICKY
+
+
+def test_an_unknown_migrate_action_is_a_usage_error(db_url: str) -> None:
+    done = squeal("migrate", "sideways", "--url", db_url, "--prefix", "tunused")
+    assert done.returncode == 2
+    assert "upgrade, downgrade, current" in done.stderr
+
+
+STATS_ON_MYSQL = ("stats", "--url", "mysql://root@127.0.0.1:1/test")
+
+
+def test_a_bare_mysql_url_without_mysqlclient_names_pymysql() -> None:
+    blocked = "import sys; sys.modules['MySQLdb'] = None; from squeal.cli import main; "
+    done = subprocess.run(
+        [sys.executable, "-c", f"{blocked}sys.exit(main(sys.argv[1:]))", *STATS_ON_MYSQL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "mysql+pymysql://" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_verbose_shows_the_traceback_of_an_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    plain = squeal("stats", "--url", url)
+    assert plain.returncode == 1
+    verbose = subprocess.run(
+        [SQUEAL, "stats", "--url", url, "-v"], capture_output=True, text=True, check=False
+    )
+    assert verbose.returncode == 1
+    assert "Traceback" in verbose.stderr
+    assert "squeal: error:" in verbose.stderr
 
 
 def test_dead_redrive_and_purge(

@@ -26,6 +26,7 @@ from alembic.script import ScriptDirectory
 import squeal
 from squeal import Queue, migrate
 from squeal.schema import SCHEMA_REVISION, build_tables
+from tests import needs
 
 SUBPROCESS_TIMEOUT = 120
 APP_REVISION = "a1b2c3d4e5f6"
@@ -140,7 +141,7 @@ def squeal_cmd(request: pytest.FixtureRequest) -> list[str]:
     beside = Path(sys.executable).parent / "squeal"
     script = str(beside) if beside.is_file() else shutil.which("squeal")
     if script is None:
-        pytest.skip("the squeal console script is not installed in this environment")
+        needs.unavailable("the squeal console script is not installed: pip install -e .")
     return [script]
 
 

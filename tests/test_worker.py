@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from squeal import Message, Queue
+from squeal import Message, Queue, SchemaMissing, ValidationError
 from squeal.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,3 +255,132 @@ def test_sigterm_releases_a_message_still_running_after_the_grace_period(
     assert back.id == msg_id
     assert back.attempts == 1
     back.ack()
+
+
+def test_a_failure_is_logged_with_its_traceback_and_a_dead_message_as_an_error(
+    make_queue: Callable[..., Queue],
+    running: Callable[[Worker], threading.Thread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    q = make_queue(failure_base_delay=0.0, max_attempts=2)
+    msg_id = q.put(b"secret payload", "jobs")
+
+    def broken(msg: Message) -> None:
+        raise ValueError(f"cannot parse attempt {msg.attempts}")
+
+    worker = Worker(q, broken, "jobs", wait=0.2)
+    with caplog.at_level("WARNING", logger="squeal.worker"):
+        running(worker)
+        _wait_for(lambda: worker.stats.failed == 2)
+        _wait_for(lambda: len(caplog.records) >= 2)
+    retried, dead = caplog.records[:2]
+    assert (retried.levelname, dead.levelname) == ("WARNING", "ERROR")
+    assert f"message {msg_id}" in retried.getMessage()
+    assert "will be retried" in retried.getMessage()
+    assert "dead after 2 attempts" in dead.getMessage()
+    for record in (retried, dead):
+        assert record.exc_info is not None
+        assert record.exc_info[0] is ValueError
+    assert "secret payload" not in caplog.text
+    assert [d.id for d in q.dead("jobs")] == [msg_id]
+
+
+FAILING_WORKER = """
+import sys, threading, time
+import sqlalchemy as sa
+from squeal import Queue
+from squeal.worker import Worker
+
+url, prefix = sys.argv[1], sys.argv[2]
+q = Queue(sa.create_engine(url), prefix=prefix, max_attempts=1)
+
+def handler(msg):
+    raise RuntimeError("the handler's own words")
+
+worker = Worker(q, handler, "jobs", wait=0.2)
+thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+thread.start()
+deadline = time.monotonic() + 30
+while worker.stats.failed < 1 and time.monotonic() < deadline:
+    time.sleep(0.05)
+worker.stop()
+thread.join()
+q.close()
+"""
+
+
+def test_handler_failures_reach_stderr_when_the_application_configured_no_logging(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str
+) -> None:
+    q = make_queue()
+    msg_id = q.put(b"secret payload", "jobs")
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_WORKER, db_url, prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"message {msg_id} of topic 'jobs' failed on attempt 1" in done.stderr
+    assert "dead after 1 attempts" in done.stderr
+    assert "Traceback" in done.stderr
+    assert "RuntimeError: the handler's own words" in done.stderr
+    assert "secret payload" not in done.stderr
+
+
+def _worker_run(db_url: str, prefix: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """``squeal worker tests.test_worker:one_argument`` run to its end (it must end by itself)."""
+    command = [sys.executable, "-m", "squeal.cli", "worker", "tests.test_worker:one_argument"]
+    return subprocess.run(
+        [*command, "--url", db_url, "--prefix", prefix, *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def one_argument(message: Message) -> None:
+    """A handler that cannot take the connection of --ack-in-transaction."""
+
+
+def two_arguments(message: Message, connection: sa.Connection) -> None:
+    """A handler that needs --ack-in-transaction."""
+
+
+def test_a_handler_that_cannot_take_its_arguments_is_refused_before_running(
+    queue: Queue,
+) -> None:
+    with pytest.raises(ValidationError, match=r"handler\(message, connection\)"):
+        Worker(queue, one_argument, "jobs", ack_in_transaction=True)
+    with pytest.raises(ValidationError, match="ack_in_transaction=True"):
+        Worker(queue, two_arguments, "jobs")
+    Worker(queue, two_arguments, "jobs", ack_in_transaction=True)
+    Worker(queue, lambda *args: None, "jobs", ack_in_transaction=True)
+
+
+def test_cli_worker_refuses_a_one_argument_handler_with_ack_in_transaction(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str
+) -> None:
+    make_queue()
+    done = _worker_run(db_url, prefix, "--ack-in-transaction")
+    assert done.returncode == 2, done.stderr
+    assert "handler(message, connection)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_worker_on_missing_tables_stops_with_the_command_to_run(
+    engine: sa.Engine, prefix: str, db_url: str
+) -> None:
+    q = Queue(engine, prefix=prefix)
+    try:
+        with pytest.raises(SchemaMissing, match="squeal migrate"):
+            Worker(q, one_argument, "jobs", wait=0.1).run(install_signal_handlers=False)
+    finally:
+        q.close()
+    done = _worker_run(db_url, prefix)
+    assert done.returncode == 1, done.stderr
+    assert "squeal migrate" in done.stderr
+    assert "Traceback" not in done.stderr

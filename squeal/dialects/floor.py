@@ -3,12 +3,13 @@
 Each class here is what a careful application would write against the raw driver (sqlite3,
 psycopg 3, PyMySQL) with no SQLAlchemy on the path: its own connection, SQL text written once,
 one commit per operation. It works on squeal's own tables (created by ``squeal.migrate``), so
-both sides use the same indexes. Its claim does the job DESIGN.md asks of any claim: the best
-of the topic's ready rows and of its *due* rows (expired leases, ended delays: "the claim
-treats expired leases as ready"), in priority, then id, order, skipping rows other consumers
-hold where the database can, setting the lease columns squeal sets. It does no more: due rows
-it does not take stay as they are (squeal's claim moves them to READY, or DEAD after their last
-attempt), and it has no attempt limit (the bench's queues have none).
+both sides use the same indexes. Its claim does the job any claim must do for at-least-once
+delivery (docs/guarantees.md): the best of the topic's ready rows and of its *due* rows (expired
+leases, ended delays: an expired lease counts as ready), in priority, then id, order, skipping
+rows other consumers hold where the database can, setting the lease columns squeal sets. It
+does no more: due rows it does not take stay as they are (squeal's claim moves them to READY,
+or DEAD after their last attempt), and it has no attempt limit (the bench never nacks, so
+squeal's never comes into play).
 """
 
 from __future__ import annotations

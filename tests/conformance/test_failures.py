@@ -115,7 +115,7 @@ def test_nack_many_backs_off_every_message_unless_given_a_delay(
 
 
 def test_unlimited_attempts_never_kill_a_message(make_queue: Callable[..., Queue]) -> None:
-    q = make_queue(failure_base_delay=0.0)
+    q = make_queue(failure_base_delay=0.0, max_attempts=None)
     q.put(b"x", "t")
     for attempt in range(1, 8):
         msg = _claim(q, "t")
@@ -123,6 +123,20 @@ def test_unlimited_attempts_never_kill_a_message(make_queue: Callable[..., Queue
         msg.nack()
     assert q.dead("t") == []
     assert q.size("t") == 1
+
+
+def test_by_default_the_25th_failed_delivery_makes_a_message_dead(
+    make_queue: Callable[..., Queue],
+) -> None:
+    q = make_queue(failure_base_delay=0.0)
+    assert q.max_attempts == 25
+    q.put(b"x", "t")
+    for attempt in range(1, 26):
+        msg = _claim(q, "t")
+        assert msg.attempts == attempt
+        msg.nack()
+    assert q.get("t") is None
+    assert [d.attempts for d in q.dead("t")] == [25]
 
 
 # -- dead letters -----------------------------------------------------------------------------

@@ -92,6 +92,20 @@ def test_nack_logs_delay_and_attempts_and_the_last_one_logs_dead(
     assert [d.id for d in q.dead("t")] == [msg_id]
 
 
+def test_a_message_going_dead_is_logged_at_info_without_debug(
+    make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="squeal")
+    q = make_queue(max_attempts=1)
+    msg_id = q.put(SECRET, "t")
+    msg = q.get("t")
+    assert msg is not None
+    msg.nack()
+    dead = [r for r in caplog.records if getattr(r, "squeal_event", None) == "dead"]
+    assert fields(dead, "message_id", "reason", "levelno") == [(msg_id, "nack", logging.INFO)]
+    assert not [r for r in caplog.records if getattr(r, "squeal_event", None) == "nack"]
+
+
 def test_release_is_logged(queue: Queue, events: Callable[[str], list[logging.LogRecord]]) -> None:
     msg_id = queue.put(SECRET, "t")
     msg = queue.get("t")

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import squeal.session
 from squeal import DatabaseBusy, DatabaseError, Queue
 from squeal.executor import add_statement_listener, remove_statement_listener
+from tests import needs
 
 #: Per database: the server-side id of a connection, how to kill one, and what is in flight.
 SESSION_ID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
@@ -224,7 +225,7 @@ def test_consumer_with_a_skewed_clock_behaves_the_same(
     db: str, db_url: str, queue: Queue, shift: str
 ) -> None:
     """T7: a consumer whose clock is days off (faketime) claims what is due, nothing else."""
-    faketime = "/usr/bin/faketime"
+    faketime = needs.tool("faketime", env="SQUEAL_TEST_FAKETIME", package="faketime")
     queue.put(b"due")
     queue.put(b"later", delay=60)
     out = subprocess.run(

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 import squeal.session
 from squeal import DatabaseError, Queue
+from tests import needs
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.helpers import REPO
 
@@ -167,7 +168,7 @@ def _namespaces_available() -> bool:
 def _ack_in_namespace(db: str, db_url: str, prefix: str, heal_after: float) -> dict[str, Any]:
     """Run ``_IN_NAMESPACE`` for ``prefix``; its result (outcome, elapsed, redelivered)."""
     if not _namespaces_available():
-        pytest.skip("needs unshare -n (root) and ip to drop packets in a private namespace")
+        needs.unavailable("needs unshare -n (root) and ip to drop packets in a private namespace")
     url = sa.make_url(db_url)
     folder = Path(tempfile.mkdtemp(prefix="sqnet"))  # short: Unix socket paths are limited
     relay = FaultProxy((url.host or "127.0.0.1", url.port or 0), listen=str(folder / "db"))

@@ -8,7 +8,6 @@ recover by itself within seconds.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -24,8 +23,7 @@ import sqlalchemy as sa
 
 import squeal
 from squeal import Queue
-
-PG_BIN = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
+from tests import needs
 
 
 def _free_port() -> int:
@@ -48,8 +46,11 @@ class PrivatePostgres:
     def __init__(self, root: Path) -> None:
         self.root, self.port = root, _free_port()
         self.data = root / "data"
+        self.bin = needs.postgres_bin()
         shutil.chown(root, "postgres")
-        self._as_postgres(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self._as_postgres(
+            self.bin / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres"
+        )
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _as_postgres(self, *argv: object) -> None:
@@ -60,15 +61,15 @@ class PrivatePostgres:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
         log = self.root / "log"
         self._as_postgres(
-            PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", log, "start", "-w"
+            self.bin / "pg_ctl", "-D", self.data, "-o", options, "-l", log, "start", "-w"
         )
 
     def crash(self) -> None:
         """Stop at once, as a crash would (no checkpoint); recovery replays the WAL."""
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "stop", "-m", "immediate", "-w")
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "stop", "-m", "immediate", "-w")
 
     def stop(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "stop", "-m", "fast", "-w")
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "stop", "-m", "fast", "-w")
 
 
 class PrivateMariaDB:
@@ -77,10 +78,17 @@ class PrivateMariaDB:
     def __init__(self, root: Path) -> None:
         self.root, self.port = root, _free_port()
         self.data = root / "data"
+        install = needs.tool(
+            "mariadb-install-db", env="SQUEAL_TEST_MARIADB_INSTALL_DB", package="mariadb-server"
+        )
+        self.mariadbd = needs.tool("mariadbd", env="SQUEAL_TEST_MARIADBD", package="mariadb-server")
+        self.admin = needs.tool(
+            "mariadb-admin", env="SQUEAL_TEST_MARIADB_ADMIN", package="mariadb-client"
+        )
         shutil.chown(root, "mysql")
         subprocess.run(
             [
-                "mariadb-install-db",
+                install,
                 "--no-defaults",
                 f"--datadir={self.data}",
                 "--user=mysql",
@@ -96,7 +104,7 @@ class PrivateMariaDB:
     def start(self) -> None:
         self._process = subprocess.Popen(
             [
-                "mariadbd",
+                self.mariadbd,
                 "--no-defaults",
                 f"--datadir={self.data}",
                 f"--port={self.port}",
@@ -111,7 +119,7 @@ class PrivateMariaDB:
         _wait_until(self._answers, "the private MariaDB")
 
     def _answers(self) -> bool:
-        probe = ["mariadb-admin", "-h127.0.0.1", f"-P{self.port}", "-uroot", "ping"]
+        probe = [self.admin, "-h127.0.0.1", f"-P{self.port}", "-uroot", "ping"]
         return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
     def crash(self) -> None:
