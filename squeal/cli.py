@@ -843,6 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _secret(args: argparse.Namespace) -> str | None:
+    if not isinstance(getattr(args, "url", None), str | None):
+        return None  # squeal bench takes several --url: it hides their passwords itself
     try:
         return database_url(args).password
     except CommandError:
