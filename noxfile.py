@@ -48,6 +48,30 @@ def tests_db(session: nox.Session, db: str) -> None:
     session.run("pytest", f"--db={db}", "--require-db", *session.posargs)
 
 
+#: Every driver variant (tests/conftest.py's VARIANTS), for ``nox -s tests-driver``.
+DRIVER_VARIANTS = (
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "postgresql+pg8000",
+    "mysql+pymysql",
+    "mysql+mysqldb",
+    "mysql+mysqlconnector",
+    "mysql+mariadbconnector",
+    "mariadb+pymysql",
+    "mariadb+mysqldb",
+    "mariadb+mysqlconnector",
+    "mariadb+mariadbconnector",
+)
+
+
+@nox.session(name="tests-driver")
+@nox.parametrize("variant", DRIVER_VARIANTS)
+def tests_driver(session: nox.Session, variant: str) -> None:
+    """The whole suite on one driver (mysqlclient and mariadb need a compiler and headers)."""
+    session.install("-e", ".[dev,mysqlclient,mariadb]")
+    session.run("pytest", f"--db={variant}", "--require-db", *session.posargs)
+
+
 @nox.session(name="tests-python", python=["3.10", "3.13"])
 def tests_python(session: nox.Session) -> None:
     """The SQLite suite on the lowest Python (lowest SQLAlchemy and Alembic) and the newest."""

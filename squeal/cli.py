@@ -162,9 +162,17 @@ def _reason(error: sa.exc.SQLAlchemyError) -> str:
 @contextmanager
 def connected_engine(url: sa.URL) -> Iterator[sa.Engine]:
     """An engine on ``url`` whose database has been reached once; disposed afterwards."""
+    from squeal.drivers import ADAPTERS
+
     connect_args: dict[str, object] = {}
-    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    try:
+        adapter = ADAPTERS.get((url.get_backend_name(), url.get_driver_name()))
+    except sa.exc.NoSuchModuleError:
+        adapter = None  # reported below, where create_engine fails
+    if adapter is not None:
+        timeout = adapter.connect_timeout(CONNECT_TIMEOUT)
+        if not timeout.keys() & url.query.keys():
+            connect_args.update(timeout)
     try:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
     except sa.exc.NoSuchModuleError:
@@ -196,11 +204,11 @@ def _driver_hint(url: sa.URL, error: ImportError) -> str:
     """What to do when ``url``'s driver is missing: its extra, or an installed alternative."""
     import importlib.util
 
+    from squeal.drivers import extra_for
+
     backend, driver = url.get_backend_name(), url.get_driver_name()
     text = f"the {driver} driver for {url.drivername!r} URLs is not installed ({error})"
-    extra = {("postgresql", "psycopg"): "postgresql", ("mysql", "pymysql"): "mysql"}.get(
-        ("mysql" if backend == "mariadb" else backend, driver)
-    )
+    extra = extra_for(backend, driver)
     if extra:
         text += f"; install it with: pip install 'squeal[{extra}]'"
     if "+" not in url.drivername:  # a bare URL names SQLAlchemy's default driver

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from squeal.connections import Link
+from squeal.drivers.base import Driver
 from squeal.prepared import Prepared
 
 Row = Sequence[Any]
@@ -70,8 +71,11 @@ class RawExecutor(Executor):
         prepared: dict[Any, Prepared],
         dialect: sa.Dialect,
         begin_sql: str,
+        driver: Driver,
     ) -> None:
         self._dbapi = link.dbapi
+        self._fetch = driver.rows
+        self._rollback = driver.rollback
         self._cursor = link.cursor
         self._prepared = prepared
         self._dialect = dialect
@@ -92,7 +96,7 @@ class RawExecutor(Executor):
         return cursor
 
     def rows(self, statement: sa.Executable, values: Mapping[str, Any]) -> list[Row]:
-        return list(self._run(statement, values).fetchall())
+        return self._fetch(self._run(statement, values))
 
     def count(self, statement: sa.Executable, values: Mapping[str, Any]) -> int:
         return int(self._run(statement, values).rowcount)
@@ -117,7 +121,7 @@ class RawExecutor(Executor):
         """Roll back a transaction left open by an error (the connection stays usable)."""
         if self._open:
             self._open = False
-            self._dbapi.rollback()
+            self._rollback(self._dbapi, self._cursor)
 
 
 class CallerExecutor(Executor):

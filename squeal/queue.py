@@ -425,7 +425,9 @@ class Queue:
         """How this queue waits for messages (a LISTEN connection on PostgreSQL)."""
         with self._waiter_lock:
             if self._waiter is None:
-                self._waiter = waiter_for(self.engine, self._strategy.wake_channel)
+                self._waiter = waiter_for(
+                    self.engine, self._strategy.wake_channel, self._session.driver
+                )
             return self._waiter
 
     def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:

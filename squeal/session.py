@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from squeal.connections import ConnectionStash
+from squeal.connections import ConnectionStash, detect_dead_peer
 from squeal.dialects.base import Strategy
+from squeal.drivers import Driver, driver_for
 from squeal.errors import DatabaseBusy, DatabaseError, SchemaMissing, SchemaOutOfDate
 from squeal.executor import CallerExecutor, Executor, RawExecutor
 from squeal.prepared import Prepared
@@ -56,8 +57,19 @@ class Session:
         self._schema_ok = False
         self._prepared: dict[Any, Prepared] = {}
         self._errors: tuple[type[BaseException], ...] = ()
+        self.driver: Driver = driver_for(engine.dialect)
+        # A pool that hands out one shared connection, or a driver without an adapter: every
+        # unit of work goes through SQLAlchemy instead of a connection squeal keeps.
         shared = isinstance(engine.pool, _SHARED_CONNECTION_POOLS)
-        self._stash = None if shared else ConnectionStash(engine, strategy.configure)
+        native = self.driver.native and not shared
+        self._stash = ConnectionStash(engine, self._prepare) if native else None
+
+    def _prepare(self, dbapi: Any) -> None:
+        """Set up a connection squeal keeps: the driver's autocommit, the database's session."""
+        self.driver.prepare(dbapi, self.strategy.session_sql)
+        fileno = self.driver.socket(dbapi)
+        if fileno is not None:
+            detect_dead_peer(fileno)
 
     def forget_schema(self) -> None:
         """Check the schema again on next use (after create or destroy)."""
@@ -156,7 +168,9 @@ class Session:
     ) -> T:
         """One attempt on one of squeal's connections (the hot path: no context managers)."""
         link = stash.take()
-        ex = RawExecutor(link, self._prepared, self.engine.dialect, self.strategy.begin_sql)
+        ex = RawExecutor(
+            link, self._prepared, self.engine.dialect, self.strategy.begin_sql, self.driver
+        )
         try:
             if atomic:
                 ex.begin()
@@ -182,14 +196,17 @@ class Session:
         atomic: bool,
         commit_on: type[BaseException] | None,
     ) -> T:
-        """A pool that hands out one shared connection (e.g. SQLite :memory:): go through it."""
+        """Through SQLAlchemy: a shared-connection pool (SQLite :memory:) or a generic driver."""
         with self.engine.connect() as conn:
+            isolation = self.strategy.isolation_level
+            if isolation is not None:
+                conn.execution_options(isolation_level=isolation)
             return _committed(work, _Committing(conn), commit_on)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         if not self._errors:
             dbapi = self.engine.dialect.loaded_dbapi
-            self._errors = (dbapi.Error, sa.exc.DBAPIError)
+            self._errors = (dbapi.Error, sa.exc.DBAPIError, *self.driver.lost)
         return self._errors
 
     def _disconnected(self, error: BaseException) -> bool:
@@ -198,7 +215,9 @@ class Session:
             if error.connection_invalidated:
                 return True
             error = error.orig or error
-        if self.strategy.is_disconnect(error):
+        if isinstance(error, self.driver.lost):
+            return True
+        if self.strategy.is_disconnect(self.driver.code(error), error):
             return True
         return bool(self.engine.dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
 
@@ -206,7 +225,7 @@ class Session:
         """A deadlock, lock timeout or busy database: worth retrying until the deadline."""
         if isinstance(error, sa.exc.DBAPIError):
             error = error.orig or error
-        return self.strategy.is_retryable(error)
+        return self.strategy.is_retryable(self.driver.code(error), error)
 
     # -- schema ---------------------------------------------------------------------------------
 

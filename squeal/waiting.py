@@ -21,6 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from squeal.drivers.base import Driver
+
 #: Longest pause between two claims while waiting (the fallback when notifications are missed).
 RECHECK = 0.5
 #: First pause of the polling backoff, doubled up to POLL_CAP.
@@ -59,9 +61,10 @@ class Listener(Poller):
     first_pause: float = RECHECK
     max_pause: float = RECHECK
 
-    def __init__(self, engine: sa.Engine, channel: str) -> None:
+    def __init__(self, engine: sa.Engine, channel: str, driver: Driver) -> None:
         self._engine = engine
         self._channel = channel
+        self._driver = driver
         self._cond = threading.Condition()
         self._reading = False
         self._generation = 0
@@ -104,8 +107,7 @@ class Listener(Poller):
         """True when at least one notification arrived within ``timeout``."""
         dbapi = self._dbapi
         try:
-            for _ in dbapi.notifies(timeout=timeout, stop_after=1):
-                return True
+            return self._driver.notified(dbapi, timeout)
         except Exception:  # a broken listener: drop it; the wait loop keeps polling
             with self._cond:
                 if self._dbapi is dbapi:
@@ -122,15 +124,11 @@ class Listener(Poller):
             fairy = self._engine.raw_connection()
             fairy.detach()
             dbapi: Any = fairy.dbapi_connection
-            if not hasattr(dbapi, "notifies"):  # a driver without psycopg 3's notifies()
-                with suppress(Exception):
-                    dbapi.close()
-                return
             # A queue dropped without close() still closes its LISTEN connection.
             weakref.finalize(self, _close_quietly, dbapi)
-            dbapi.autocommit = True
+            self._driver.autocommit(dbapi)
             quoted = '"' + self._channel.replace('"', '""') + '"'
-            dbapi.execute(f"LISTEN {quoted}")
+            self._driver.listen(dbapi, quoted)
         except Exception:  # unreachable now: poll; the next mark() tries again
             return
         self._dbapi = dbapi
@@ -150,9 +148,12 @@ def _close_quietly(dbapi: Any) -> None:
         dbapi.close()
 
 
-def waiter_for(engine: sa.Engine, channel: str | None) -> Poller:
-    """A Listener when the database announces puts on ``channel``, else a Poller."""
-    return Poller() if channel is None else Listener(engine, channel)
+def waiter_for(engine: sa.Engine, channel: str | None, driver: Driver) -> Poller:
+    """A Listener when the database announces puts on ``channel`` and the driver can listen,
+    else a Poller."""
+    if channel is None or not driver.notifications:
+        return Poller()
+    return Listener(engine, channel, driver)
 
 
 __all__ = ["RECHECK", "Listener", "Poller", "waiter_for"]

@@ -1,12 +1,19 @@
 """One engine/queue fixture over every database: SQLite always, PostgreSQL and MySQL/MariaDB by URL.
 
 Options:
-  --db sqlite,postgresql,mysql   which databases to run (default: all three)
+  --db sqlite,postgresql,mysql   which databases to run (default: all three); an entry may
+                                 name a driver too (postgresql+pg8000, mariadb+mysqlconnector)
   --require-db                   a missing server or tool fails the run instead of skipping
 Server URLs: SQUEAL_TEST_POSTGRESQL_URL, SQUEAL_TEST_MYSQL_URL (loopback defaults below). On a
 default URL a missing ``test`` database is created; an unreachable server skips its tests with
 the reason (shown in the summary), or fails them under --require-db.
 Tests that only apply to some databases say so with ``@pytest.mark.dialects("postgresql", ...)``.
+
+The driver axis: a test runs on each database's primary driver (psycopg, PyMySQL, sqlite3),
+and tests marked ``every_driver`` (the driver contract, the driver-sensitive reliability tests)
+on every driver squeal has an adapter for, under both dialect names of the MySQL family. A
+``--db`` entry with a driver runs everything on that driver. A driver that is not installed is
+a skip naming its extra (a failure under --require-db).
 """
 
 from __future__ import annotations
@@ -26,6 +33,23 @@ from tests import needs
 from tests.children import Children
 
 DATABASES = ("sqlite", "postgresql", "mysql")
+#: The drivers of each database; the first is its primary driver.
+DRIVERS = {
+    "sqlite": ("pysqlite",),
+    "postgresql": ("psycopg", "psycopg2", "pg8000"),
+    "mysql": ("pymysql", "mysqldb", "mysqlconnector", "mariadbconnector"),
+}
+#: The variants of a database: its dialect name(s) and drivers. The primary one is named
+#: like the database, so ordinary test ids stay ``[postgresql]``, ``[mysql]``, ``[sqlite]``.
+VARIANTS = {
+    "sqlite": ("sqlite",),
+    "postgresql": ("postgresql", "postgresql+psycopg2", "postgresql+pg8000"),
+    "mysql": (
+        "mysql",
+        *(f"mysql+{d}" for d in DRIVERS["mysql"][1:]),
+        *(f"mariadb+{d}" for d in DRIVERS["mysql"]),
+    ),
+}
 DEFAULT_URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
@@ -35,7 +59,11 @@ _reachable: dict[str, str | None] = {}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("squeal")
-    group.addoption("--db", default=",".join(DATABASES), help="databases to test, comma separated")
+    group.addoption(
+        "--db",
+        default=",".join(DATABASES),
+        help="databases (or database+driver variants) to test, comma separated",
+    )
     group.addoption(
         "--require-db",
         action="store_true",
@@ -131,31 +159,52 @@ def _probe(name: str) -> str | None:
     return None if failure is None else f"{name} at {shown} is unreachable ({failure})"
 
 
-def _selected(config: pytest.Config) -> list[str]:
+def family(variant: str) -> str:
+    """The database of a variant: ``mariadb+pymysql`` -> ``mysql``."""
+    name = variant.split("+", maxsplit=1)[0]
+    return "mysql" if name == "mariadb" else name
+
+
+def _selected(config: pytest.Config) -> tuple[list[str], list[str]]:
+    """(databases chosen whole, variants chosen by name) from ``--db``."""
     chosen = [d.strip() for d in str(config.getoption("--db")).split(",") if d.strip()]
-    unknown = set(chosen) - set(DATABASES)
+    every = {v for variants in VARIANTS.values() for v in variants}
+    named = {v: v for v in every} | {f"{d}+{DRIVERS[d][0]}": d for d in DATABASES if d != "sqlite"}
+    unknown = [c for c in chosen if c not in DATABASES and c not in named]
     if unknown:
-        raise pytest.UsageError(f"--db: unknown database(s) {sorted(unknown)}; use {DATABASES}")
-    return chosen
+        raise pytest.UsageError(
+            f"--db: unknown {unknown}; use {', '.join(DATABASES)} or one of {sorted(every)}"
+        )
+    whole = [c for c in chosen if c in DATABASES]
+    return whole, [named[c] for c in chosen if c not in DATABASES and named[c] not in whole]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "db" in metafunc.fixturenames:
-        metafunc.parametrize("db", DATABASES, indirect=True)
+    if "db" not in metafunc.fixturenames:
+        return
+    whole, named = _selected(metafunc.config)
+    marker = metafunc.definition.get_closest_marker("dialects")
+    allowed = set(marker.args) if marker else set(DATABASES)
+    every_driver = metafunc.definition.get_closest_marker("every_driver") is not None
+    variants = [
+        v
+        for d in DATABASES
+        if d in whole
+        for v in (VARIANTS[d] if every_driver else VARIANTS[d][:1])
+    ]
+    variants += [v for v in named if v not in variants]
+    variants = [v for v in variants if family(v) in allowed]
+    metafunc.parametrize("db", variants, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    selected = _selected(config)
+    """Deselect tests whose databases were all left out by --db (an empty parametrization)."""
     keep, drop = [], []
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        name = callspec.params.get("db") if callspec else None
-        marker = item.get_closest_marker("dialects")
-        allowed = set(marker.args) if marker else set(DATABASES)
-        if name is not None and (name not in selected or name not in allowed):
-            drop.append(item)
-            continue
-        keep.append(item)
+        skip = item.get_closest_marker("skip")
+        reason = str(skip.kwargs.get("reason", "")) if skip else ""
+        empty = reason.startswith("got empty parameter set") and "(db)" in reason
+        (drop if empty else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -180,7 +229,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = []
-    for name in _selected(config):
+    for name in _selected(config)[0]:
         where = "a file per test" if name == "sqlite" else server_url(name)
         status = _unreachable_reason(name) or "reachable"
         lines.append(f"squeal database {name}: {where} ({status})")
@@ -189,20 +238,58 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.fixture
 def db(request: pytest.FixtureRequest) -> str:
-    """The name of the database under test: sqlite, postgresql or mysql."""
-    name: str = request.param
-    reason = _unreachable_reason(name)
+    """The database under test: sqlite, postgresql or mysql (MariaDB too), on any driver."""
+    variant: str = request.param
+    name = family(variant)
+    reason = _unreachable_reason(name) or _driver_missing(variant)
     if reason:
         needs.unavailable(reason)
     return name
 
 
 @pytest.fixture
-def db_url(db: str, tmp_path: Path) -> str:
-    """A URL for the database under test (a fresh SQLite file for sqlite)."""
+def db_url(request: pytest.FixtureRequest, db: str, tmp_path: Path) -> str:
+    """A URL for the variant under test (a fresh SQLite file for sqlite)."""
     if db == "sqlite":
         return f"sqlite:///{tmp_path / 'squeal.db'}"
-    return server_url(db)
+    return variant_url(request.node.callspec.params["db"])
+
+
+@pytest.fixture
+def driver(request: pytest.FixtureRequest, db: str) -> str:
+    """The driver under test (``dialect.driver``): psycopg, pg8000, pymysql, pysqlite, ..."""
+    variant: str = request.node.callspec.params["db"]
+    return variant.split("+")[1] if "+" in variant else DRIVERS[db][0]
+
+
+def variant_url(variant: str) -> str:
+    """The server URL of ``variant``'s database with the variant's dialect and driver."""
+    url = sa.make_url(server_url(family(variant)))
+    if "+" in variant:
+        url = url.set(drivername=variant)
+    return url.render_as_string(hide_password=False)
+
+
+_missing: dict[str, str | None] = {}
+
+
+def _driver_missing(variant: str) -> str | None:
+    """Why ``variant``'s driver cannot be used here (None: it can)."""
+    if "+" not in variant:
+        return None
+    if variant not in _missing:
+        from squeal.drivers import extra_for
+
+        database, driver = variant.split("+")
+        try:
+            sa.create_engine(variant_url(variant)).dispose()
+            _missing[variant] = None
+        except ImportError as exc:
+            _missing[variant] = (
+                f"the {driver} driver is not installed ({exc}): "
+                f"pip install 'squeal[{extra_for(database, driver)}]'"
+            )
+    return _missing[variant]
 
 
 @pytest.fixture

@@ -161,6 +161,7 @@ def test_a_bare_mysql_url_without_mysqlclient_names_pymysql() -> None:
         check=False,
     )
     assert done.returncode == 1
+    assert "pip install 'squeal[mysqlclient]'" in done.stderr
     assert "mysql+pymysql://" in done.stderr
     assert "Traceback" not in done.stderr
 

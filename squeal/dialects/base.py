@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
+from squeal.drivers.base import Code
 from squeal.errors import UnsupportedDatabase
 from squeal.executor import Executor
 from squeal.schema import DEAD, READY, WAITING, Tables, in_state, text_value
@@ -152,9 +153,10 @@ class Strategy:
         """An insert of ``values`` (one row or several) that skips rows whose key is taken."""
         raise NotImplementedError
 
-    def configure(self, dbapi: Any) -> None:
-        """Set up a connection squeal manages: autocommit, so one statement is one round trip."""
-        raise NotImplementedError
+    #: Statements that set up each connection squeal keeps (after autocommit is on).
+    session_sql: ClassVar[tuple[str, ...]] = ()
+    #: Isolation level for work that runs through SQLAlchemy (a driver without an adapter).
+    isolation_level: ClassVar[str | None] = None
 
     def server_version(self, connection: sa.Connection) -> tuple[int, ...]:
         """The server's version as a tuple of ints."""
@@ -174,11 +176,12 @@ class Strategy:
     def after_migrate(self, connection: sa.Connection) -> None:
         """Database-level settings squeal needs once its tables exist."""
 
-    def is_retryable(self, error: BaseException) -> bool:
-        """True when the driver ``error`` is transient (deadlock, lock timeout, busy)."""
+    def is_retryable(self, code: Code, error: BaseException) -> bool:
+        """True when the driver ``error`` (server error ``code``) is transient: deadlock,
+        lock timeout, busy."""
         return False
 
-    def is_disconnect(self, error: BaseException) -> bool:
+    def is_disconnect(self, code: Code, error: BaseException) -> bool:
         """True when the server ended the session in a way SQLAlchemy does not recognise."""
         return False
 

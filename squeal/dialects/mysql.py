@@ -19,6 +19,7 @@ from squeal.dialects.base import (
     dead_on_expiry,
     promoted,
 )
+from squeal.drivers.base import Code
 from squeal.errors import PayloadTooLarge, UnsupportedDatabase
 from squeal.executor import Executor
 
@@ -39,6 +40,10 @@ _LOCK_TIMEOUTS = (
 _STATEMENT_MARGIN = 16 * 1024
 #: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
 _RETRYABLE_ERRORS = frozenset({1205, 1213})
+#: Client errors of a lost connection that SQLAlchemy does not always recognise: server gone
+#: (2006), lost during a query (2013), lost (2055), and MariaDB Connector/C's read/write
+#: errors on a closed socket (5013, 5014).
+_DISCONNECT_ERRORS = frozenset({2006, 2013, 2055, 5013, 5014})
 
 
 class _Candidate(NamedTuple):
@@ -115,19 +120,21 @@ class MySQLStrategy(Strategy):
         # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
         return mysql.insert(self.m).values(values).prefix_with("IGNORE")
 
-    def configure(self, dbapi: Any) -> None:
-        # Autocommit: a put or an ack is one round trip. READ COMMITTED for the whole session,
-        # set once: a claim's locking reads take no gap locks that would block puts. Claims
-        # run on these same connections in START TRANSACTION ... COMMIT, as the floor's do:
-        # one connection per consumer thread, not a second one just for claiming.
-        dbapi.autocommit(True)
-        with dbapi.cursor() as cursor:
-            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cursor.execute(_LOCK_TIMEOUTS)
+    #: Autocommit (the driver's): a put or an ack is one round trip. READ COMMITTED for the
+    #: whole session, set once: a claim's locking reads take no gap locks that would block
+    #: puts. Claims run on these same connections in START TRANSACTION ... COMMIT, as the
+    #: floor's do: one connection per consumer thread, not a second one just for claiming.
+    session_sql: ClassVar[tuple[str, ...]] = (
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        _LOCK_TIMEOUTS,
+    )
+    isolation_level: ClassVar[str | None] = "READ COMMITTED"
 
-    def is_retryable(self, error: BaseException) -> bool:
-        args: tuple[Any, ...] = tuple(getattr(error, "args", ()))
-        return bool(args) and args[0] in _RETRYABLE_ERRORS
+    def is_retryable(self, code: Code, error: BaseException) -> bool:
+        return code in _RETRYABLE_ERRORS
+
+    def is_disconnect(self, code: Code, error: BaseException) -> bool:
+        return code in _DISCONNECT_ERRORS
 
     def claim(
         self,

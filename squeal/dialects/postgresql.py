@@ -12,7 +12,6 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
-from squeal.connections import detect_dead_peer
 from squeal.dialects.base import (
     LOCK_TIMEOUT_SECONDS,
     ClaimedRow,
@@ -22,6 +21,7 @@ from squeal.dialects.base import (
     in_claim_order,
     promoted,
 )
+from squeal.drivers.base import Code
 from squeal.executor import Executor
 from squeal.schema import Tables
 
@@ -34,9 +34,6 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
     return "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
 
-_TCP_PARAMETERS = frozenset(
-    {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
-)
 _DISCONNECT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
@@ -71,19 +68,15 @@ class PostgreSQLStrategy(Strategy):
     def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
         return postgresql.insert(self.m).values(values).on_conflict_do_nothing()
 
-    def configure(self, dbapi: Any) -> None:
-        dbapi.autocommit = True
-        dbapi.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
-        # psycopg prepares a statement on its fifth run, and PostgreSQL then keeps one generic
-        # plan. Built while the table was empty (a consumer polling an idle queue), that plan
-        # seq-scans every claim, ack and touch for the life of the connection as the backlog
-        # grows (measured: 100k backlog, 20 claims/s). Every statement squeal runs on its own
-        # connections is shaped for an index, so it tells the planner never to prefer a scan.
-        dbapi.execute("SET enable_seqscan = off")
-        # psycopg has no read timeout: without these a dead network path hangs the call.
-        # Settings the application gave libpq (URL or connect_args) win.
-        if not _TCP_PARAMETERS & dbapi.info.get_parameters().keys():
-            detect_dead_peer(dbapi.fileno())
+    #: psycopg prepares a statement on its fifth run, and PostgreSQL then keeps one generic
+    #: plan. Built while the table was empty (a consumer polling an idle queue), that plan
+    #: seq-scans every claim, ack and touch for the life of the connection as the backlog
+    #: grows (measured: 100k backlog, 20 claims/s). Every statement squeal runs on its own
+    #: connections is shaped for an index, so it tells the planner never to prefer a scan.
+    session_sql: ClassVar[tuple[str, ...]] = (
+        f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'",
+        "SET enable_seqscan = off",
+    )
 
     # -- wake-up notifications (see squeal/waiting.py) ------------------------------------------
 
@@ -160,16 +153,15 @@ class PostgreSQLStrategy(Strategy):
         )
         return sa.select(*ins.c).where(notify.is_not(None))
 
-    def is_retryable(self, error: BaseException) -> bool:
-        return getattr(error, "sqlstate", None) in _RETRYABLE_SQLSTATES
+    def is_retryable(self, code: Code, error: BaseException) -> bool:
+        return code in _RETRYABLE_SQLSTATES
 
-    def is_disconnect(self, error: BaseException) -> bool:
+    def is_disconnect(self, code: Code, error: BaseException) -> bool:
         # pg_terminate_backend and server shutdowns (57P01-03) and connection exceptions (08).
-        sqlstate = getattr(error, "sqlstate", None)
-        if isinstance(sqlstate, str):
-            return sqlstate.startswith(_DISCONNECT_SQLSTATES)
+        if isinstance(code, str):
+            return code.startswith(_DISCONNECT_SQLSTATES)
         # The server sends a SQLSTATE with every error; an OperationalError without one came
-        # from libpq losing the socket (reset, closed, or timed out by detect_dead_peer).
+        # from the client losing the socket (reset, closed, or timed out by detect_dead_peer).
         return isinstance(error, self.dialect.loaded_dbapi.OperationalError)
 
     def claim(

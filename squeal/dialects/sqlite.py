@@ -13,6 +13,7 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import Strategy
+from squeal.drivers.base import Code
 from squeal.errors import DatabaseBusy
 
 
@@ -25,6 +26,8 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
 #: How long switching a fresh file to WAL keeps retrying while other connections hold it.
 WAL_SWITCH_SECONDS = 60.0
 _BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+#: SQLITE_BUSY, SQLITE_LOCKED (the codes Python 3.11+ attaches; older ones only say it).
+_BUSY_CODES = frozenset({5, 6})
 
 
 class SQLiteStrategy(Strategy):
@@ -76,10 +79,6 @@ class SQLiteStrategy(Strategy):
             insert = insert.on_conflict_do_nothing()
         return insert.returning(m.c.id, m.c.dedup_key)
 
-    def configure(self, dbapi: Any) -> None:
-        # No implicit BEGIN from the sqlite3 module: squeal issues BEGIN IMMEDIATE itself.
-        dbapi.isolation_level = None
-
     def after_migrate(self, connection: sa.Connection) -> None:
         """Switch the file to WAL: readers then run beside the single writer (it persists).
 
@@ -96,7 +95,7 @@ class SQLiteStrategy(Strategy):
             try:
                 mode = connection.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
             except sa.exc.OperationalError as error:
-                if not self.is_retryable(error) or time.monotonic() + pause > deadline:
+                if not _busy(error) or time.monotonic() + pause > deadline:
                     raise
                 mode = None
             if str(mode).lower() == "wal":
@@ -110,6 +109,10 @@ class SQLiteStrategy(Strategy):
             time.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, 0.5)
 
-    def is_retryable(self, error: BaseException) -> bool:
-        text = str(error).lower()
-        return any(m in text for m in _BUSY_MESSAGES)
+    def is_retryable(self, code: Code, error: BaseException) -> bool:
+        return (isinstance(code, int) and code & 0xFF in _BUSY_CODES) or _busy(error)
+
+
+def _busy(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(m in text for m in _BUSY_MESSAGES)

@@ -24,26 +24,26 @@ from tests import needs
 SESSION_ID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 KILL = {"postgresql": "SELECT pg_terminate_backend({})", "mysql": "KILL CONNECTION {}"}
 #: What a user sets so that a lock held elsewhere fails fast instead of waiting forever.
-LOCK_TIMEOUT_ARGS: dict[str, dict[str, Any]] = {
-    "postgresql": {"options": "-c lock_timeout=500"},
-    "mysql": {"init_command": "SET SESSION innodb_lock_wait_timeout=1, lock_wait_timeout=1"},
+LOCK_TIMEOUT_SQL = {
+    "postgresql": "SET lock_timeout = 500",
+    "mysql": "SET SESSION innodb_lock_wait_timeout=1, lock_wait_timeout=1",
 }
 
 
 @pytest.fixture
 def tracked(db: str, db_url: str) -> Iterator[tuple[sa.Engine, list[int]]]:
     """An engine that records the server id of every connection it opens."""
-    eng = sa.create_engine(db_url, connect_args=LOCK_TIMEOUT_ARGS[db])
+    eng = sa.create_engine(db_url)
     ids: list[int] = []
 
     @sa.event.listens_for(eng, "connect")
     def record(dbapi: Any, _record: Any) -> None:
         cursor = dbapi.cursor()
+        cursor.execute(LOCK_TIMEOUT_SQL[db])
         cursor.execute(SESSION_ID[db])
         ids.append(int(cursor.fetchone()[0]))
         cursor.close()
-        if db == "postgresql":  # psycopg opened a transaction for the SELECT; end it
-            dbapi.rollback()
+        dbapi.commit()  # a driver not in autocommit opened a transaction; end it
 
     yield eng, ids
     eng.dispose()
@@ -57,6 +57,7 @@ def _kill(engine: sa.Engine, db: str, ids: list[int]) -> None:
             conn.commit()
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
 def test_server_killing_squeals_connections_between_operations_loses_nothing(
     db: str,
@@ -81,6 +82,7 @@ def test_server_killing_squeals_connections_between_operations_loses_nothing(
     q.close()
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
 def test_server_killing_the_connection_inside_a_claim_is_retried_and_loses_nothing(
     db: str,
@@ -239,6 +241,7 @@ def test_consumer_with_a_skewed_clock_behaves_the_same(
     assert queue.stats()["default"].total == 1
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
 def test_ack_of_a_row_locked_elsewhere_raises_database_busy_instead_of_hanging(
     engine: sa.Engine,
@@ -274,6 +277,7 @@ IN_TRANSACTION = {
 }
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
 def test_no_connection_of_squeals_is_left_in_a_transaction_while_a_handler_runs(
     db: str,
@@ -312,6 +316,7 @@ def _texts(error: BaseException) -> list[str]:
     return out
 
 
+@pytest.mark.every_driver
 def test_payload_marker_never_appears_in_logs_or_in_a_failed_operations_error(
     engine: sa.Engine, queue: Queue, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -339,6 +344,7 @@ def test_payload_marker_never_appears_in_logs_or_in_a_failed_operations_error(
     assert all(MARKER not in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
 def test_password_marker_never_appears_in_an_authentication_error(
     db_url: str, queue: Queue, caplog: pytest.LogCaptureFixture

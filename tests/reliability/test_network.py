@@ -33,20 +33,26 @@ from tests import needs
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.helpers import REPO
 
-#: Driver timeouts a user sets so that a dead network path raises instead of hanging.
-TIMEOUTS = {
-    "mysql": {"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2},
-    "postgresql": {"connect_timeout": 2},
+#: Driver timeouts a user sets so that a dead network path raises instead of hanging (the
+#: PostgreSQL drivers' reads are bounded by squeal's dead-peer detection instead).
+TIMEOUTS: dict[str, dict[str, Any]] = {
+    "pymysql": {"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2},
+    "mysqldb": {"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2},
+    "mariadbconnector": {"connect_timeout": 2, "read_timeout": 2, "write_timeout": 2},
+    "mysqlconnector": {"connection_timeout": 2, "read_timeout": 2, "write_timeout": 2},
+    "psycopg": {"connect_timeout": 2},
+    "psycopg2": {"connect_timeout": 2},
+    "pg8000": {"timeout": 10},
 }
 #: The dead-peer bound the namespace test gives squeal (its default is 30 s).
 DEAD_PEER_SECONDS = 3.0
 
 
 @pytest.fixture
-def proxied(db: str, db_url: str) -> Iterator[tuple[FaultProxy, sa.Engine]]:
+def proxied(driver: str, db_url: str) -> Iterator[tuple[FaultProxy, sa.Engine]]:
     url = sa.make_url(db_url)
     proxy = FaultProxy((url.host or "127.0.0.1", url.port or 3306))
-    eng = sa.create_engine(url.set(port=proxy.port), connect_args=TIMEOUTS[db])
+    eng = sa.create_engine(url.set(port=proxy.port), connect_args=TIMEOUTS[driver])
     yield proxy, eng
     eng.dispose()
     proxy.close()
@@ -83,6 +89,7 @@ def _ack_through(
     return acked, elapsed
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("mysql")
 @pytest.mark.parametrize("fault", ["blackhole", "reset", "cut", "latency"])
 def test_network_fault_raises_or_recovers_and_the_lease_comes_back(
@@ -101,6 +108,7 @@ def test_network_fault_raises_or_recovers_and_the_lease_comes_back(
         assert acked, f"{fault}: squeal did not reconnect"
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql")
 @pytest.mark.parametrize("fault", ["reset", "cut", "latency"])
 def test_postgresql_connection_reset_cut_or_slowed_is_reconnected_and_the_ack_succeeds(
@@ -165,7 +173,7 @@ def _namespaces_available() -> bool:
     return probe.returncode == 0
 
 
-def _ack_in_namespace(db: str, db_url: str, prefix: str, heal_after: float) -> dict[str, Any]:
+def _ack_in_namespace(driver: str, db_url: str, prefix: str, heal_after: float) -> dict[str, Any]:
     """Run ``_IN_NAMESPACE`` for ``prefix``; its result (outcome, elapsed, redelivered)."""
     if not _namespaces_available():
         needs.unavailable("needs unshare -n (root) and ip to drop packets in a private namespace")
@@ -176,7 +184,7 @@ def _ack_in_namespace(db: str, db_url: str, prefix: str, heal_after: float) -> d
         done = subprocess.run(
             [
                 *("unshare", "-n", sys.executable, "-c", _IN_NAMESPACE, db_url, prefix),
-                *(str(folder / "db"), str(DEAD_PEER_SECONDS), json.dumps(TIMEOUTS[db])),
+                *(str(folder / "db"), str(DEAD_PEER_SECONDS), json.dumps(TIMEOUTS[driver])),
                 str(heal_after),
             ],
             check=False,
@@ -190,18 +198,19 @@ def _ack_in_namespace(db: str, db_url: str, prefix: str, heal_after: float) -> d
         shutil.rmtree(folder, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"T6 dead path {db} heal_after={heal_after}: {result}")
+    print(f"T6 dead path {driver} heal_after={heal_after}: {result}")
     return result
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
 def test_dead_network_path_fails_the_ack_in_bounded_time_and_the_lease_comes_back(
-    db: str, db_url: str, make_queue: Callable[..., Queue]
+    driver: str, db_url: str, make_queue: Callable[..., Queue]
 ) -> None:
     """Packets lost mid-ack (a real dead path): the ack raises DatabaseError within seconds
     instead of hanging, and the message is redelivered once the path is back."""
     direct = make_queue()
-    result = _ack_in_namespace(db, db_url, direct.prefix, heal_after=0.0)
+    result = _ack_in_namespace(driver, db_url, direct.prefix, heal_after=0.0)
     assert result["elapsed"] < 20, result
     assert result["outcome"].startswith("DatabaseError"), result
     assert result["redelivered"], result
@@ -209,14 +218,15 @@ def test_dead_network_path_fails_the_ack_in_bounded_time_and_the_lease_comes_bac
     assert stats is None or stats.total == 0
 
 
+@pytest.mark.every_driver
 @pytest.mark.dialects("postgresql")
 def test_postgresql_path_that_comes_back_while_squeal_reconnects_lets_the_ack_succeed(
-    db: str, db_url: str, make_queue: Callable[..., Queue]
+    driver: str, db_url: str, make_queue: Callable[..., Queue]
 ) -> None:
     """The dead peer is noticed after DEAD_PEER_SECONDS; the path is back 4 s after the ack
     began, while squeal reconnects: the ack succeeds and nothing is left stored."""
     direct = make_queue()
-    result = _ack_in_namespace(db, db_url, direct.prefix, heal_after=DEAD_PEER_SECONDS + 1)
+    result = _ack_in_namespace(driver, db_url, direct.prefix, heal_after=DEAD_PEER_SECONDS + 1)
     assert result["elapsed"] < 20, result
     assert result["outcome"] == "acked", result
     stats = direct.stats().get("default")

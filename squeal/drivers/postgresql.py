@@ -1,0 +1,132 @@
+"""PostgreSQL drivers: psycopg 3, psycopg2 and pg8000."""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import suppress
+from typing import Any, ClassVar
+
+from squeal.drivers.base import Code, Driver, readable
+
+#: libpq settings that mean the application tuned TCP itself (then squeal leaves it alone).
+_TCP_PARAMETERS = frozenset(
+    {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+)
+
+
+class Psycopg(Driver):
+    """psycopg 3 (``postgresql+psycopg``): ``notifies()`` waits for notifications natively."""
+
+    name: ClassVar[str] = "psycopg"
+    extra: ClassVar[str] = "postgresql"
+    notifications: ClassVar[bool] = True
+
+    def code(self, error: BaseException) -> Code:
+        return getattr(error, "sqlstate", None)
+
+    def socket(self, dbapi: Any) -> int | None:
+        if _TCP_PARAMETERS & dbapi.info.get_parameters().keys():
+            return None
+        return int(dbapi.fileno())
+
+    def connect_timeout(self, seconds: int) -> dict[str, Any]:
+        return {"connect_timeout": seconds}
+
+    def notified(self, dbapi: Any, timeout: float) -> bool:
+        return any(True for _ in dbapi.notifies(timeout=timeout, stop_after=1))
+
+
+class Psycopg2(Driver):
+    """psycopg2 (``postgresql+psycopg2``; plain ``postgresql://`` on SQLAlchemy 2.0)."""
+
+    name: ClassVar[str] = "psycopg2"
+    extra: ClassVar[str] = "psycopg2"
+    notifications: ClassVar[bool] = True
+
+    def prepare(self, dbapi: Any, session_sql: Any) -> None:
+        super().prepare(dbapi, session_sql)
+        # bytea arrives as memoryview; squeal's messages carry bytes.
+        psycopg2 = importlib.import_module("psycopg2")
+        psycopg2.extensions.register_type(_bytes_type(psycopg2), dbapi)
+
+    def code(self, error: BaseException) -> Code:
+        return getattr(error, "pgcode", None)
+
+    def socket(self, dbapi: Any) -> int | None:
+        parameters = dbapi.get_dsn_parameters()
+        if _TCP_PARAMETERS & parameters.keys():
+            return None
+        return int(dbapi.fileno())
+
+    def connect_timeout(self, seconds: int) -> dict[str, Any]:
+        return {"connect_timeout": seconds}
+
+    def notified(self, dbapi: Any, timeout: float) -> bool:
+        if not dbapi.notifies and readable(dbapi.fileno(), timeout):
+            dbapi.poll()
+        found = bool(dbapi.notifies)
+        dbapi.notifies.clear()
+        return found
+
+
+_BYTES: list[Any] = []
+
+
+def _bytes_type(psycopg2: Any) -> Any:
+    """A psycopg2 typecaster for bytea that gives ``bytes`` (made once)."""
+    if not _BYTES:
+        binary = psycopg2.BINARY
+
+        def cast(value: Any, cursor: Any) -> bytes | None:
+            found = binary(value, cursor)
+            return None if found is None else bytes(found)
+
+        _BYTES.append(psycopg2.extensions.new_type(binary.values, "SQUEAL_BYTES", cast))
+    return _BYTES[0]
+
+
+class Pg8000(Driver):
+    """pg8000 (``postgresql+pg8000``): pure Python; notifications arrive with any reply."""
+
+    name: ClassVar[str] = "pg8000"
+    extra: ClassVar[str] = "pg8000"
+    notifications: ClassVar[bool] = True
+    #: A reset or timed-out socket read escapes pg8000 as the OSError itself.
+    lost: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+
+    def code(self, error: BaseException) -> Code:
+        args = getattr(error, "args", ())
+        if args and isinstance(args[0], dict):
+            found = args[0].get("C")
+            return found if isinstance(found, str) else None
+        return None
+
+    def socket(self, dbapi: Any) -> int | None:
+        sock = getattr(dbapi, "_usock", None)
+        with suppress(Exception):
+            return int(sock.fileno())  # type: ignore[union-attr]
+        return None
+
+    def connect_timeout(self, seconds: int) -> dict[str, Any]:
+        return {}  # pg8000's timeout= also bounds every read, which would end long waits
+
+    def notified(self, dbapi: Any, timeout: float) -> bool:
+        # A notification already in pg8000's read buffer is not seen by select(): that wake-up
+        # waits for the listener's re-check (Listener.RECHECK), it is never lost.
+        if not dbapi.notifications:
+            sock = self.socket(dbapi)
+            if sock is None or not readable(sock, timeout):
+                return False
+            # pg8000 reads notifications only while it reads a reply: ask for an empty one.
+            cursor = dbapi.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+            finally:
+                cursor.close()
+        found = bool(dbapi.notifications)
+        dbapi.notifications.clear()
+        return found
+
+
+__all__ = ["Pg8000", "Psycopg", "Psycopg2"]
