@@ -53,8 +53,9 @@ class ConnectionStash:
         self._idle: list[Link] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        # A queue that is dropped without close() still closes its connections.
-        weakref.finalize(self, _close_all, self._idle)
+        # A queue that is dropped without close() still closes its connections; in a forked
+        # child (whose finalizers run at its exit) never: they are its parent's sockets.
+        weakref.finalize(self, _close_all, self._idle, self._pid)
 
     def _open(self) -> Link:
         fairy = self._engine.raw_connection()
@@ -87,9 +88,9 @@ class ConnectionStash:
         link.close()
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection (in a forked child: forget its parent's)."""
         with self._lock:
-            _close_all(self._idle)
+            _close_all(self._idle, self._pid)
 
 
 def detect_dead_peer(fileno: int) -> None:
@@ -119,6 +120,10 @@ def detect_dead_peer(fileno: int) -> None:
         sock.detach()  # the driver owns the descriptor
 
 
-def _close_all(idle: list[Link]) -> None:
+def _close_all(idle: list[Link], pid: int) -> None:
+    """Close the connections opened by process ``pid``; another process only forgets them."""
+    if os.getpid() != pid:
+        idle.clear()
+        return
     while idle:
         idle.pop().close()

@@ -125,7 +125,7 @@ class Listener(Poller):
             fairy.detach()
             dbapi: Any = fairy.dbapi_connection
             # A queue dropped without close() still closes its LISTEN connection.
-            weakref.finalize(self, _close_quietly, dbapi)
+            weakref.finalize(self, _close_quietly, dbapi, os.getpid())
             self._driver.autocommit(dbapi)
             quoted = '"' + self._channel.replace('"', '""') + '"'
             self._driver.listen(dbapi, quoted)
@@ -143,7 +143,9 @@ class Listener(Poller):
                 dbapi.close()
 
 
-def _close_quietly(dbapi: Any) -> None:
+def _close_quietly(dbapi: Any, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child: the connection is its parent's
     with suppress(Exception):
         dbapi.close()
 
