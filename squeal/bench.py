@@ -804,6 +804,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"squeal bench: invalid --prefix: {exc}", file=sys.stderr)
         return 2
+    from squeal.dialects.floor import floor_missing
+
+    for given in _urls(args, Path(".")):
+        missing = floor_missing(given)
+        if missing:
+            print(f"squeal bench: {missing}", file=sys.stderr)
+            return 2
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="squeal-bench-"))
     results: list[dict[str, Any]] = []

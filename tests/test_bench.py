@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+
+from squeal.dialects.floor import floor_missing
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
 ROWS = {
@@ -84,3 +87,23 @@ def test_bench_prefix_names_its_tables_and_is_validated(db_url: str, tmp_path: P
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.startswith("squeal bench: invalid --prefix"), refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.every_driver
+@pytest.mark.dialects("postgresql", "mysql")
+def test_bench_on_a_driver_without_a_floor_says_so_before_measuring(
+    db_url: str, driver: str
+) -> None:
+    if driver in ("psycopg", "pymysql"):  # the floors' own drivers (measured above)
+        assert floor_missing(sa.make_url(db_url)) is None
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "squeal.cli", "bench", "--quick", "--url", db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"no raw-driver floor for the {driver} driver yet" in done.stderr
+    assert "Traceback" not in done.stderr

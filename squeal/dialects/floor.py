@@ -40,6 +40,8 @@ class Floor:
     now: ClassVar[str] = ""
     #: The driver's parameter marker.
     mark: ClassVar[str] = "%s"
+    #: The one driver this floor is written for (``dialect.driver``).
+    driver: ClassVar[str] = ""
 
     def __init__(self, url: sa.URL, prefix: str) -> None:
         self.table = f"{validate_prefix(prefix)}_message"
@@ -168,6 +170,8 @@ class Floor:
 class SQLiteFloor(Floor):
     """sqlite3: autocommit puts and acks; claims in BEGIN IMMEDIATE with UPDATE ... RETURNING."""
 
+    driver: ClassVar[str] = "pysqlite"
+
     now = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
     mark = "?"
 
@@ -211,6 +215,8 @@ class SQLiteFloor(Floor):
 
 class PostgreSQLFloor(Floor):
     """psycopg 3, autocommit: each operation is one statement; the claim skips locked rows."""
+
+    driver: ClassVar[str] = "psycopg"
 
     now = "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
@@ -302,6 +308,8 @@ class PostgreSQLFloor(Floor):
 class MySQLFloor(Floor):
     """PyMySQL, autocommit, READ COMMITTED: a claim is SELECT ... SKIP LOCKED, then UPDATE."""
 
+    driver: ClassVar[str] = "pymysql"
+
     now = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
 
     def connect(self, url: sa.URL) -> Any:
@@ -388,6 +396,20 @@ _FLOORS: dict[str, type[Floor]] = {
     "mysql": MySQLFloor,
     "mariadb": MySQLFloor,
 }
+
+
+def floor_missing(url: sa.URL) -> str | None:
+    """Why ``url`` has no floor to compare with (None: it has one)."""
+    cls = _FLOORS.get(url.get_backend_name())
+    if cls is None:
+        return f"no raw-driver floor for the {url.get_backend_name()!r} database"
+    if url.get_driver_name() != cls.driver:
+        written = ", ".join(f"{c.driver} ({name})" for name, c in _FLOORS.items())
+        return (
+            f"no raw-driver floor for the {url.get_driver_name()} driver yet: the floors are "
+            f"written for {written}"
+        )
+    return None
 
 
 def floor_for(url: sa.URL, prefix: str) -> Floor:
