@@ -42,7 +42,6 @@ class AdminStatements:
             .group_by(m.c.topic)
             .order_by(m.c.topic)
         )
-        self.stats_one = self.stats.where(m.c.topic == sa.bindparam("in_topic"))
         self.size = (
             sa.select(sa.func.count())
             .select_from(m)

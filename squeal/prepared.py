@@ -72,11 +72,6 @@ class Prepared:
         self._get = _getter(self._order)
         self._variants: dict[tuple[int, ...], str] = {}
 
-    @property
-    def sql(self) -> str:
-        """The SQL text (with expanding lists not yet rendered)."""
-        return self._sql
-
     def bind(self, values: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
         """The SQL text and driver parameters for ``values``."""
         params = {**self._defaults, **values} if self._defaults else values

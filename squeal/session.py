@@ -40,7 +40,7 @@ def wrap(error: BaseException, action: str) -> DatabaseError:
     return DatabaseError(f"{action} failed: {type(source).__name__}: {first_line}")
 
 
-def migrate_command(engine: sa.Engine, prefix: str) -> str:
+def migrate_hint(engine: sa.Engine, prefix: str) -> str:
     """The shell command that brings this database's squeal tables up to date."""
     url = engine.url.render_as_string(hide_password=True)
     option = "" if prefix == "squeal" else f" --prefix {prefix}"
@@ -244,7 +244,7 @@ class Session:
             return
         self.strategy.check_server(conn)
         prefix = self.tables.prefix
-        command = migrate_command(self.engine, prefix)
+        command = migrate_hint(self.engine, prefix)
         inspector = sa.inspect(conn)
         if not inspector.has_table(self.tables.message.name):
             raise SchemaMissing(

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import sqlalchemy as sa
 
-from squeal.errors import DatabaseBusy
+from squeal.errors import DatabaseBusy, UnsupportedDatabase
 
 #: How long a migration waits for another migration of the same prefix to finish.
 MIGRATION_LOCK_SECONDS = 300.0
@@ -141,7 +141,13 @@ def migration_transaction(
     Raises:
         DatabaseBusy: another migration of ``prefix`` held the lock for ``timeout`` seconds.
     """
-    lock = _REGISTRY.get(conn.dialect.name, MigrationLock)(prefix)
+    try:
+        lock = _REGISTRY[conn.dialect.name](prefix)
+    except KeyError:  # never migrate unlocked: a concurrent run could interleave its DDL
+        raise UnsupportedDatabase(
+            f"squeal has no migration lock for the {conn.dialect.name!r} dialect "
+            f"(supported: {', '.join(sorted(_REGISTRY))})"
+        ) from None
     deadline = time.monotonic() + timeout
     if conn.in_transaction():
         conn.commit()
