@@ -69,7 +69,7 @@ class Driver:
 
     def rows(self, cursor: Any) -> list[Any]:
         """Every row of the cursor's result, each a sequence with ``bytes`` for binary values."""
-        return cursor.fetchall()  # type: ignore[no-any-return]
+        return list(cursor.fetchall())
 
     def connect_timeout(self, seconds: int) -> dict[str, Any]:
         """Connect arguments that bound how long connecting may take (CLI use)."""
