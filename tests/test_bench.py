@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from squeal.dialects.floor import floor_missing
+from squeal.cli.floor import floor_missing
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
 ROWS = {

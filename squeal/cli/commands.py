@@ -21,30 +21,26 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from squeal.cli.connect import connected_engine, reason
+from squeal.cli.output import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    OneLineFormatter,
+    first_line,
+    shown,
+    table,
+)
+
 if TYPE_CHECKING:
     from squeal import Queue
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 #: Used when neither ``--url`` nor ``$SQUEAL_URL`` is given: a SQLite file in the current folder.
 DEFAULT_URL = "sqlite:///squeal.db"
 DEFAULT_PREFIX = "squeal"
 URL_ENV = "SQUEAL_URL"
-#: Seconds to wait for a PostgreSQL server before reporting it unreachable (libpq waits forever).
-CONNECT_TIMEOUT = 10
-
-
-class CommandError(Exception):
-    """A failure reported to the user as one line on stderr, with an exit status."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-
 
 Run = Callable[[argparse.Namespace], int]
 
@@ -142,84 +138,6 @@ def table_prefix(args: argparse.Namespace) -> str:
     except ValidationError as exc:
         raise CommandError(f"invalid --prefix: {exc}", EXIT_USAGE) from None
 
-
-def shown(url: sa.URL) -> str:
-    """``url`` as it may be printed: the password replaced by ``***``."""
-    return url.render_as_string(hide_password=True)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0].strip() if lines else type(error).__name__
-
-
-def _reason(error: sa.exc.SQLAlchemyError) -> str:
-    """The driver's own message, without SQLAlchemy's SQL echo and background link."""
-    orig = getattr(error, "orig", None)
-    return _first_line(orig if orig is not None else error)
-
-
-@contextmanager
-def connected_engine(url: sa.URL) -> Iterator[sa.Engine]:
-    """An engine on ``url`` whose database has been reached once; disposed afterwards."""
-    from squeal.drivers import ADAPTERS
-
-    connect_args: dict[str, object] = {}
-    try:
-        adapter = ADAPTERS.get((url.get_backend_name(), url.get_driver_name()))
-    except sa.exc.NoSuchModuleError:
-        adapter = None  # reported below, where create_engine fails
-    if adapter is not None:
-        timeout = adapter.connect_timeout(CONNECT_TIMEOUT)
-        if not timeout.keys() & url.query.keys():
-            connect_args.update(timeout)
-    try:
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
-    except sa.exc.NoSuchModuleError:
-        raise CommandError(
-            f"invalid --url: SQLAlchemy has no database dialect {url.drivername!r}", EXIT_USAGE
-        ) from None
-    except ImportError as exc:
-        raise CommandError(_driver_hint(url, exc)) from None
-    try:
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except sa.exc.DBAPIError as exc:
-            raise CommandError(f"database unreachable at {shown(url)}: {_reason(exc)}") from None
-        yield engine
-    finally:
-        engine.dispose()
-
-
-#: Drivers to suggest, when installed, for a bare URL whose default driver is missing.
-_INSTALLED_ALTERNATIVES = {
-    "mysql": ("pymysql",),
-    "mariadb": ("pymysql",),
-    "postgresql": ("psycopg", "psycopg2"),
-}
-
-
-def _driver_hint(url: sa.URL, error: ImportError) -> str:
-    """What to do when ``url``'s driver is missing: its extra, or an installed alternative."""
-    import importlib.util
-
-    from squeal.drivers import extra_for
-
-    backend, driver = url.get_backend_name(), url.get_driver_name()
-    text = f"the {driver} driver for {url.drivername!r} URLs is not installed ({error})"
-    extra = extra_for(backend, driver)
-    if extra:
-        text += f"; install it with: pip install 'squeal[{extra}]'"
-    if "+" not in url.drivername:  # a bare URL names SQLAlchemy's default driver
-        for name in _INSTALLED_ALTERNATIVES.get(backend, ()):
-            if name != driver and importlib.util.find_spec(name) is not None:
-                text += f", or use the installed {name}: {backend}+{name}://..."
-                break
-    return text
-
-
-# -- squeal migrate -----------------------------------------------------------------------------
 
 _MIGRATE_ACTIONS = ("upgrade", "downgrade", "current")
 
@@ -434,24 +352,6 @@ def json_payload(data: bytes, args: argparse.Namespace) -> dict[str, str]:
         except UnicodeDecodeError:
             pass
     return {"payload": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table: columns padded, numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
-        for i in range(len(headers))
-    ]
-    lines = []
-    for row in cells:
-        parts = [
-            cell.rjust(w) if numeric[i] and row is not cells[0] else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
 
 
 def _age(seconds: float | None) -> str | None:
@@ -726,18 +626,6 @@ def _attempts(text: str) -> int | None:
     return value
 
 
-class _OneLineFormatter(logging.Formatter):
-    """A formatter that leaves tracebacks out: ``squeal worker`` shows them with ``-v``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text
-        record.exc_info = record.exc_text = None
-        try:
-            return super().format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
-
-
 @command(
     "worker",
     help="consume topics with a handler (module:function) until SIGTERM",
@@ -760,7 +648,7 @@ def worker_command(args: argparse.Namespace) -> int:
     output = logging.StreamHandler(sys.stderr)
     line = "%(asctime)s %(levelname)s %(message)s"
     verbose = getattr(args, "verbose", False)
-    output.setFormatter(logging.Formatter(line) if verbose else _OneLineFormatter(line))
+    output.setFormatter(logging.Formatter(line) if verbose else OneLineFormatter(line))
     logging.basicConfig(level=logging.INFO, handlers=[output])
     options = {
         "visibility_timeout": args.visibility_timeout,
@@ -804,14 +692,14 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_demo_arguments,
 )
 def demo_command(args: argparse.Namespace) -> int:
-    """``squeal demo``: see squeal/demo.py."""
-    from squeal import demo
+    """``squeal demo``: see squeal/cli/demo.py."""
+    from squeal.cli import demo
 
     return demo.run(args)
 
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from squeal import bench
+    from squeal.cli import bench
 
     bench.add_arguments(parser)
 
@@ -822,8 +710,8 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_bench_arguments,
 )
 def bench_command(args: argparse.Namespace) -> int:
-    """``squeal bench``: see squeal/bench.py."""
-    from squeal import bench
+    """``squeal bench``: see squeal/cli/bench.py."""
+    from squeal.cli import bench
 
     return bench.run(args)
 
@@ -907,10 +795,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(str(exc), secret, exc if verbose else None)
         return EXIT_FAILURE
     except AlembicError as exc:
-        _report(f"migration failed: {_first_line(exc)}", secret, exc if verbose else None)
+        _report(f"migration failed: {first_line(exc)}", secret, exc if verbose else None)
         return EXIT_FAILURE
     except sa.exc.SQLAlchemyError as exc:
-        _report(f"database error: {_reason(exc)}", secret, exc if verbose else None)
+        _report(f"database error: {reason(exc)}", secret, exc if verbose else None)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         _report("interrupted", secret)
@@ -918,7 +806,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (squeal ... | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

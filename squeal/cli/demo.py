@@ -125,7 +125,8 @@ class _Screen:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every order was handled exactly as expected."""
-    from squeal.cli import CommandError, connected_engine, shown
+    from squeal.cli.connect import connected_engine
+    from squeal.cli.output import CommandError, shown
 
     total = int(args.messages)
     consumers = int(args.consumers)

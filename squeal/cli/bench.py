@@ -1,6 +1,6 @@
 """``squeal bench``: squeal against the raw-driver floor, side by side in one run.
 
-For each database, squeal and the floor (``squeal.dialects.floor``: the same work written by
+For each database, squeal and the floor (``squeal.cli.floor``: the same work written by
 hand against the driver) run the same rows, interleaved round by round on the same tables,
 and the medians and their ratio (squeal / floor) are printed, written as JSON and optionally
 drawn as a PNG. See docs/performance.md for what each row measures.
@@ -160,7 +160,7 @@ class _Floor(_Side):
     name = "floor"
 
     def __init__(self, url: sa.URL, prefix: str) -> None:
-        from squeal.dialects.floor import floor_for
+        from squeal.cli.floor import floor_for
 
         self.floor = floor_for(url, prefix)
 
@@ -668,7 +668,7 @@ def _note(row: str, entry: dict[str, Any]) -> str:
 
 def report(result: dict[str, Any]) -> str:
     """The plain-text table of one database's results."""
-    from squeal.cli import table
+    from squeal.cli.output import table
 
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
     cells = []
@@ -804,7 +804,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"squeal bench: invalid --prefix: {exc}", file=sys.stderr)
         return 2
-    from squeal.dialects.floor import floor_missing
+    from squeal.cli.floor import floor_missing
 
     for given in _urls(args, Path(".")):
         missing = floor_missing(given)
@@ -854,7 +854,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m squeal.bench``: the same as ``squeal bench``."""
+    """``python -m squeal.cli.bench``: the same as ``squeal bench``."""
     parser = argparse.ArgumentParser(prog="squeal bench", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
