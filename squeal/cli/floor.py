@@ -1,21 +1,24 @@
 """The floor ``squeal bench`` compares squeal with: the same queue work written by hand.
 
-Each class here is what a careful application would write against the raw driver (sqlite3,
-psycopg 3, PyMySQL) with no SQLAlchemy on the path: its own connection, SQL text written once,
-one commit per operation. It works on squeal's own tables (created by ``squeal.migrate``), so
-both sides use the same indexes. Its claim does the job any claim must do for at-least-once
-delivery (docs/guarantees.md): the best of the topic's ready rows and of its *due* rows (expired
-leases, ended delays: an expired lease counts as ready), in priority, then id, order, skipping
-rows other consumers hold where the database can, setting the lease columns squeal sets. It
-does no more: due rows it does not take stay as they are (squeal's claim moves them to READY,
-or DEAD after their last attempt), and it has no attempt limit (the bench never nacks, so
-squeal's never comes into play).
+Each floor is what a careful application would write against the raw driver, with no SQLAlchemy
+on the path: its own connection, SQL text written once, one commit per operation. The SQL is
+written once per database (the ``Floor`` classes); how a connection is opened, which parameter
+marker it takes and how it waits for a notification is written once per driver (the ``Raw``
+classes), so each driver squeal supports is compared with itself. It works on squeal's own
+tables (created by ``squeal.migrate``), so both sides use the same indexes. Its claim does the
+job any claim must do for at-least-once delivery (docs/guarantees.md): the best of the topic's
+ready rows and of its *due* rows (expired leases, ended delays: an expired lease counts as
+ready), in priority, then id, order, skipping rows other consumers hold where the database can,
+setting the lease columns squeal sets. It does no more: due rows it does not take stay as they
+are (squeal's claim moves them to READY, or DEAD after their last attempt), and it has no
+attempt limit (the bench never nacks, so squeal's never comes into play).
 """
 
 from __future__ import annotations
 
 import importlib
 import random
+import select
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -33,17 +36,140 @@ POLL_CAP = 0.1
 ClaimedRows = list[tuple[Any, ...]]
 
 
+class Raw:
+    """One DB-API driver as an application uses it directly: autocommit connections."""
+
+    #: SQLAlchemy's name for the driver (``url.get_driver_name()``).
+    driver: ClassVar[str] = ""
+    #: The package to import.
+    module: ClassVar[str] = ""
+    #: The parameter marker the floor's SQL is written with.
+    mark: ClassVar[str] = "%s"
+
+    def __init__(self) -> None:
+        # Untyped drivers: loaded by name so that mypy needs no stubs for them.
+        self.dbapi: Any = importlib.import_module(self.module)
+
+    def connect(self, url: sa.URL) -> Any:
+        """A new autocommit connection to ``url``."""
+        raise NotImplementedError
+
+    def listen(self, conn: Any, channel: str) -> None:
+        """Subscribe ``conn`` to ``channel`` (PostgreSQL)."""
+        conn.cursor().execute(f'LISTEN "{channel}"')
+
+    def wait(self, conn: Any, timeout: float) -> None:
+        """Return when a notification arrives on ``conn`` or ``timeout`` passes."""
+        raise NotImplementedError
+
+
+def _server(url: sa.URL, port: int) -> dict[str, Any]:
+    return {
+        "host": url.host or "localhost",
+        "port": url.port or port,
+        "user": url.username or "",
+        "password": url.password or "",
+    }
+
+
+class Sqlite3(Raw):
+    driver = "pysqlite"
+    module = "sqlite3"
+    mark = "?"
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(url.database or "", isolation_level=None, timeout=30.0)
+
+
+class Psycopg(Raw):
+    driver = "psycopg"
+    module = "psycopg"
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(**_server(url, 5432), dbname=url.database, autocommit=True)
+
+    def wait(self, conn: Any, timeout: float) -> None:
+        for _ in conn.notifies(timeout=timeout, stop_after=1):
+            pass
+
+
+class Psycopg2(Raw):
+    driver = "psycopg2"
+    module = "psycopg2"
+
+    def connect(self, url: sa.URL) -> Any:
+        conn = self.dbapi.connect(**_server(url, 5432), dbname=url.database)
+        conn.autocommit = True
+        return conn
+
+    def wait(self, conn: Any, timeout: float) -> None:
+        if not conn.notifies and select.select([conn], [], [], timeout)[0]:
+            conn.poll()
+        conn.notifies.clear()
+
+
+class Pg8000(Raw):
+    driver = "pg8000"
+    module = "pg8000.dbapi"
+
+    def connect(self, url: sa.URL) -> Any:
+        conn = self.dbapi.connect(**_server(url, 5432), database=url.database)
+        conn.autocommit = True
+        return conn
+
+    def wait(self, conn: Any, timeout: float) -> None:
+        # pg8000 reads notifications only while it reads a reply: wait for the socket, then
+        # let a trivial statement read what arrived.
+        if not conn.notifications and select.select([conn._usock], [], [], timeout)[0]:
+            conn.cursor().execute("SELECT 1")
+        conn.notifications.clear()
+
+
+class PyMySQL(Raw):
+    driver = "pymysql"
+    module = "pymysql"
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
+
+
+class MySQLdb(Raw):
+    driver = "mysqldb"
+    module = "MySQLdb"
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
+
+
+class MySQLConnector(Raw):
+    driver = "mysqlconnector"
+    module = "mysql.connector"
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
+
+
+class MariaDBConnector(Raw):
+    driver = "mariadbconnector"
+    module = "mariadb"
+    mark = "?"
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
+
+
 class Floor:
     """Hand-written queue operations on squeal's tables; one DB-API connection of its own."""
 
     #: The database clock in epoch milliseconds, as SQL.
     now: ClassVar[str] = ""
-    #: The driver's parameter marker.
-    mark: ClassVar[str] = "%s"
-    #: The one driver this floor is written for (``dialect.driver``).
-    driver: ClassVar[str] = ""
+    #: The drivers this database's floor runs on.
+    drivers: ClassVar[tuple[type[Raw], ...]] = ()
 
-    def __init__(self, url: sa.URL, prefix: str) -> None:
+    def __init__(self, url: sa.URL, prefix: str, raw: Raw) -> None:
+        self.raw = raw
+        #: The driver's parameter marker.
+        self.mark = raw.mark
         self.table = f"{validate_prefix(prefix)}_message"
         self.conn: Any = self.connect(url)
         self.cur: Any = self.conn.cursor()
@@ -75,7 +201,7 @@ class Floor:
 
     def connect(self, url: sa.URL) -> Any:
         """A new autocommit DB-API connection to ``url``."""
-        raise NotImplementedError
+        return self.raw.connect(url)
 
     def close(self) -> None:
         """Close the connection."""
@@ -168,17 +294,10 @@ class Floor:
 
 
 class SQLiteFloor(Floor):
-    """sqlite3: autocommit puts and acks; claims in BEGIN IMMEDIATE with UPDATE ... RETURNING."""
+    """Autocommit puts and acks; claims in BEGIN IMMEDIATE with UPDATE ... RETURNING."""
 
-    driver: ClassVar[str] = "pysqlite"
-
+    drivers = (Sqlite3,)
     now = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
-    mark = "?"
-
-    def connect(self, url: sa.URL) -> Any:
-        import sqlite3
-
-        return sqlite3.connect(url.database or "", isolation_level=None, timeout=30.0)
 
     def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
         cur = self.cur
@@ -199,7 +318,7 @@ class SQLiteFloor(Floor):
             rows = cur.fetchall()
             cur.execute("COMMIT")
         except BaseException:
-            self.conn.rollback()
+            cur.execute("ROLLBACK")
             raise
         return token, rows
 
@@ -214,30 +333,17 @@ class SQLiteFloor(Floor):
 
 
 class PostgreSQLFloor(Floor):
-    """psycopg 3, autocommit: each operation is one statement; the claim skips locked rows."""
+    """Autocommit: each operation is one statement; the claim skips locked rows."""
 
-    driver: ClassVar[str] = "psycopg"
-
+    drivers = (Psycopg, Psycopg2, Pg8000)
     now = "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)"
 
-    def __init__(self, url: sa.URL, prefix: str) -> None:
-        super().__init__(url, prefix)
+    def __init__(self, url: sa.URL, prefix: str, raw: Raw) -> None:
+        super().__init__(url, prefix, raw)
         self.url = url
         #: Puts announce themselves on this channel, as squeal's do; waiting consumers LISTEN.
         self.channel = f"{validate_prefix(prefix)}_floor_wake"
         self._listener: Any = None
-
-    def connect(self, url: sa.URL) -> Any:
-        import psycopg
-
-        return psycopg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            dbname=url.database,
-            autocommit=True,
-        )
 
     def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
         sql = (
@@ -278,15 +384,14 @@ class PostgreSQLFloor(Floor):
         """Claim; when nothing is ready, sleep on LISTEN until a put announces one."""
         if self._listener is None:
             self._listener = self.connect(self.url)
-            self._listener.execute(f'LISTEN "{self.channel}"')
+            self.raw.listen(self._listener, self.channel)
         deadline = time.monotonic() + timeout
         while True:
             token, rows = self.claim(topic, 1, vt_ms)
             remaining = deadline - time.monotonic()
             if rows or remaining <= 0:
                 return token, rows
-            for _ in self._listener.notifies(timeout=min(remaining, 0.5), stop_after=1):
-                pass
+            self.raw.wait(self._listener, min(remaining, 0.5))
 
     def close(self) -> None:
         if self._listener is not None:
@@ -306,27 +411,18 @@ class PostgreSQLFloor(Floor):
 
 
 class MySQLFloor(Floor):
-    """PyMySQL, autocommit, READ COMMITTED: a claim is SELECT ... SKIP LOCKED, then UPDATE."""
+    """Autocommit, READ COMMITTED: a claim is SELECT ... SKIP LOCKED, then UPDATE."""
 
-    driver: ClassVar[str] = "pymysql"
-
+    drivers = (PyMySQL, MySQLdb, MySQLConnector, MariaDBConnector)
     now = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
 
     def connect(self, url: sa.URL) -> Any:
-        # Untyped driver: loaded by name so that mypy needs no stubs for it.
-        pymysql: Any = importlib.import_module("pymysql")
-        conn = pymysql.connect(
-            host=url.host or "localhost",
-            port=url.port or 3306,
-            user=url.username or "",
-            password=url.password or "",
-            database=url.database,
-            autocommit=True,
-        )
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cur.execute("SELECT @@version")
-            self._returning = "mariadb" in str(cur.fetchone()[0]).lower()
+        conn = self.raw.connect(url)
+        cur = conn.cursor()
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.execute("SELECT @@version")
+        self._returning = "mariadb" in str(cur.fetchone()[0]).lower()
+        cur.close()
         return conn
 
     def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
@@ -347,32 +443,31 @@ class MySQLFloor(Floor):
 
     def claim_sql(self) -> str:
         # Each index must match its ORDER BY exactly, or InnoDB locks every row it sorts.
-        t = self.table
+        t, p = self.table, self.mark
         return (
             f"(SELECT {CLAIMED} FROM {t} FORCE INDEX ({t}_claim_ix) "
-            f"WHERE topic = %s AND state = {READY} ORDER BY neg_priority, id LIMIT %s "
+            f"WHERE topic = {p} AND state = {READY} ORDER BY neg_priority, id LIMIT {p} "
             "FOR UPDATE SKIP LOCKED) UNION ALL "
             f"(SELECT {CLAIMED} FROM {t} FORCE INDEX ({t}_due_ix) "
-            f"WHERE topic = %s AND visible_at <= {self.now} ORDER BY visible_at LIMIT %s "
+            f"WHERE topic = {p} AND visible_at <= {self.now} ORDER BY visible_at LIMIT {p} "
             "FOR UPDATE SKIP LOCKED)"
         )
 
     def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
         token = random.getrandbits(63)
-        conn = self.conn
         cur = self.cur
-        conn.begin()
+        cur.execute("BEGIN")
         try:
             cur.execute(self._claim, (topic.encode(), limit, topic.encode(), limit))
             rows = sorted(cur.fetchall(), key=lambda r: (r[2], r[0]))[:limit]
             if rows:
-                marks = ", ".join(["%s"] * len(rows))
+                marks = ", ".join([self.mark] * len(rows))
                 cur.execute(
                     f"{self._take} WHERE id IN ({marks})", (vt_ms, token, *[r[0] for r in rows])
                 )
-            conn.commit()
+            cur.execute("COMMIT")
         except BaseException:
-            conn.rollback()
+            cur.execute("ROLLBACK")
             raise
         return token, [(r[0], r[1], r[2], r[3] + 1, r[4]) for r in rows]
 
@@ -403,23 +498,23 @@ def floor_missing(url: sa.URL) -> str | None:
     cls = _FLOORS.get(url.get_backend_name())
     if cls is None:
         return f"no raw-driver floor for the {url.get_backend_name()!r} database"
-    if url.get_driver_name() != cls.driver:
-        written = ", ".join(f"{c.driver} ({name})" for name, c in _FLOORS.items())
+    if not any(raw.driver == url.get_driver_name() for raw in cls.drivers):
+        written = ", ".join(raw.driver for raw in cls.drivers)
         return (
-            f"no raw-driver floor for the {url.get_driver_name()} driver yet: the floors are "
-            f"written for {written}"
+            f"no raw-driver floor for the {url.get_driver_name()} driver: the "
+            f"{url.get_backend_name()} floor is written for {written}"
         )
     return None
 
 
 def floor_for(url: sa.URL, prefix: str) -> Floor:
-    """The floor for ``url``'s database, connected."""
-    name = url.get_backend_name()
-    try:
-        cls = _FLOORS[name]
-    except KeyError:
-        raise ValueError(f"no raw-driver floor for the {name!r} database") from None
-    return cls(url, prefix)
+    """The floor for ``url``'s database on ``url``'s driver, connected."""
+    missing = floor_missing(url)
+    if missing:
+        raise ValueError(missing)
+    cls = _FLOORS[url.get_backend_name()]
+    raw = next(raw for raw in cls.drivers if raw.driver == url.get_driver_name())
+    return cls(url, prefix, raw())
 
 
-__all__ = ["CLAIMED", "Floor", "floor_for"]
+__all__ = ["CLAIMED", "Floor", "Raw", "floor_for", "floor_missing"]
