@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-from squeal.dialects.migration_lock import migration_transaction
+from squeal.dialects import migration_transaction
 from squeal.migrate import migration_prefix, version_table
 from squeal.schema import build_tables
 

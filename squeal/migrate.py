@@ -13,8 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from squeal.dialects import strategy_for
-from squeal.dialects.migration_lock import migration_transaction
+from squeal.dialects import migration_transaction, strategy_for
 from squeal.schema import build_tables, validate_prefix
 
 #: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.

@@ -14,9 +14,8 @@ import sqlalchemy as sa
 from squeal import log
 from squeal import validation as check
 from squeal.admin import AdminStatements
-from squeal.dialects import strategy_for
-from squeal.dialects.dedup import SWEEP_EVERY, windows_for
-from squeal.dialects.locking import locking_for
+from squeal.dialects import locking_for, strategy_for, windows_for
+from squeal.dialects.dedup import SWEEP_EVERY
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms

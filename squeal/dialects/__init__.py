@@ -1,34 +1,80 @@
-"""One claiming strategy per database, chosen once from the engine's dialect name."""
+"""What varies by database, one bundle per database, chosen once from the dialect's name.
+
+Driver differences live in :mod:`squeal.drivers`; everything here is SQL and the meaning of the
+server's error codes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
 
+from squeal.dialects import mysql, postgresql, sqlite
 from squeal.dialects.base import Strategy
-from squeal.dialects.mysql import MySQLStrategy
-from squeal.dialects.postgresql import PostgreSQLStrategy
-from squeal.dialects.sqlite import SQLiteStrategy
+from squeal.dialects.bundle import Bundle
+from squeal.dialects.dedup import Windows
+from squeal.dialects.locking import Locking
+from squeal.dialects.migration_lock import MIGRATION_LOCK_SECONDS, locked_transaction
 from squeal.errors import UnsupportedDatabase
 from squeal.schema import Tables
 
-_REGISTRY: dict[str, type[Strategy]] = {
-    "postgresql": PostgreSQLStrategy,
-    "mysql": MySQLStrategy,
-    "mariadb": MySQLStrategy,
-    "sqlite": SQLiteStrategy,
+#: Every supported database, by SQLAlchemy dialect name.
+BUNDLES: dict[str, Bundle] = {
+    name: bundle
+    for bundle in (postgresql.BUNDLE, mysql.BUNDLE, sqlite.BUNDLE)
+    for name in bundle.dialects
 }
 
 
-def strategy_for(engine: sa.Engine, tables: Tables) -> Strategy:
-    """Return the strategy for ``engine``'s database, or raise UnsupportedDatabase."""
+def bundle_for(dialect: sa.Dialect) -> Bundle:
+    """The bundle for ``dialect``'s database, or UnsupportedDatabase naming what is supported."""
     try:
-        cls = _REGISTRY[engine.dialect.name]
+        return BUNDLES[dialect.name]
     except KeyError:
-        supported = ", ".join(sorted(_REGISTRY))
+        supported = ", ".join(sorted(BUNDLES))
         raise UnsupportedDatabase(
-            f"squeal does not support the {engine.dialect.name!r} dialect (supported: {supported})"
+            f"squeal does not support the {dialect.name!r} dialect (supported: {supported})"
         ) from None
-    return cls(engine.dialect, tables)
 
 
-__all__ = ["Strategy", "strategy_for"]
+def strategy_for(engine: sa.Engine, tables: Tables) -> Strategy:
+    """The claim strategy for ``engine``'s database."""
+    return bundle_for(engine.dialect).strategy(engine.dialect, tables)
+
+
+def locking_for(dialect: sa.Dialect, tables: Tables, ready: sa.ColumnElement[bool]) -> Locking:
+    """The topic-lock statements for ``dialect``'s database."""
+    return bundle_for(dialect).locking(dialect, tables, ready)
+
+
+def windows_for(dialect: sa.Dialect, tables: Tables) -> Windows:
+    """The dedup-window statements for ``dialect``'s database."""
+    return bundle_for(dialect).windows(dialect, tables)
+
+
+@contextmanager
+def migration_transaction(
+    conn: sa.Connection, prefix: str, *, timeout: float = MIGRATION_LOCK_SECONDS
+) -> Iterator[None]:
+    """Run the body in one transaction on ``conn`` while holding ``prefix``'s migration lock.
+
+    An unsupported database raises UnsupportedDatabase: squeal never migrates unlocked (a
+    concurrent run could interleave its DDL).
+    """
+    lock = bundle_for(conn.dialect).migration_lock(prefix)
+    with locked_transaction(conn, lock, timeout=timeout):
+        yield
+
+
+__all__ = [
+    "BUNDLES",
+    "Bundle",
+    "Strategy",
+    "bundle_for",
+    "locking_for",
+    "migration_transaction",
+    "strategy_for",
+    "windows_for",
+]

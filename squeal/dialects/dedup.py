@@ -307,17 +307,4 @@ class MySQLWindows(Windows):
         return sa.delete(d).where(match)
 
 
-_REGISTRY: dict[str, type[Windows]] = {
-    "postgresql": PostgreSQLWindows,
-    "mysql": MySQLWindows,
-    "mariadb": MySQLWindows,
-    "sqlite": SQLiteWindows,
-}
-
-
-def windows_for(dialect: sa.Dialect, tables: Tables) -> Windows:
-    """The dedup-window statements for ``dialect`` (whose name the queue already checked)."""
-    return _REGISTRY[dialect.name](dialect, tables)
-
-
-__all__ = ["CHUNK", "SWEEP_EVERY", "SWEEP_LIMIT", "Windows", "windows_for"]
+__all__ = ["CHUNK", "SWEEP_EVERY", "SWEEP_LIMIT", "Windows"]

@@ -210,17 +210,4 @@ class MySQLLocking(Locking):
         return Lease(token, int(rows[0][1]))
 
 
-_REGISTRY: dict[str, type[Locking]] = {
-    "postgresql": PostgreSQLLocking,
-    "mysql": MySQLLocking,
-    "mariadb": MySQLLocking,
-    "sqlite": SQLiteLocking,
-}
-
-
-def locking_for(dialect: sa.Dialect, tables: Tables, ready: sa.ColumnElement[bool]) -> Locking:
-    """The topic-lock statements for ``dialect`` (whose name the queue already checked)."""
-    return _REGISTRY[dialect.name](dialect, tables, ready)
-
-
-__all__ = ["CANDIDATES", "Lease", "Locking", "locking_for"]
+__all__ = ["CANDIDATES", "Lease", "Locking"]

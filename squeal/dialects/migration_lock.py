@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import sqlalchemy as sa
 
-from squeal.errors import DatabaseBusy, UnsupportedDatabase
+from squeal.errors import DatabaseBusy
 
 #: How long a migration waits for another migration of the same prefix to finish.
 MIGRATION_LOCK_SECONDS = 300.0
@@ -121,19 +121,11 @@ class SQLiteMigrationLock(MigrationLock):
         _poll(begun, deadline, self)
 
 
-_REGISTRY: dict[str, type[MigrationLock]] = {
-    "postgresql": PostgreSQLMigrationLock,
-    "mysql": MySQLMigrationLock,
-    "mariadb": MySQLMigrationLock,
-    "sqlite": SQLiteMigrationLock,
-}
-
-
 @contextmanager
-def migration_transaction(
-    conn: sa.Connection, prefix: str, *, timeout: float = MIGRATION_LOCK_SECONDS
+def locked_transaction(
+    conn: sa.Connection, lock: MigrationLock, *, timeout: float = MIGRATION_LOCK_SECONDS
 ) -> Iterator[None]:
-    """Run the body in one transaction on ``conn`` while holding ``prefix``'s migration lock.
+    """Run the body in one transaction on ``conn`` while holding the migration ``lock``.
 
     The transaction commits when the body returns and rolls back when it raises; the lock is
     released after that.
@@ -141,13 +133,6 @@ def migration_transaction(
     Raises:
         DatabaseBusy: another migration of ``prefix`` held the lock for ``timeout`` seconds.
     """
-    try:
-        lock = _REGISTRY[conn.dialect.name](prefix)
-    except KeyError:  # never migrate unlocked: a concurrent run could interleave its DDL
-        raise UnsupportedDatabase(
-            f"squeal has no migration lock for the {conn.dialect.name!r} dialect "
-            f"(supported: {', '.join(sorted(_REGISTRY))})"
-        ) from None
     deadline = time.monotonic() + timeout
     if conn.in_transaction():
         conn.commit()

@@ -19,6 +19,10 @@ from squeal.dialects.base import (
     dead_on_expiry,
     promoted,
 )
+from squeal.dialects.bundle import Bundle
+from squeal.dialects.dedup import MySQLWindows
+from squeal.dialects.locking import MySQLLocking
+from squeal.dialects.migration_lock import MySQLMigrationLock
 from squeal.drivers.base import Code
 from squeal.errors import PayloadTooLarge, UnsupportedDatabase
 from squeal.executor import Executor
@@ -192,3 +196,12 @@ class MySQLStrategy(Strategy):
         return (
             sa.update(m).where(m.c.id.in_(sa.bindparam("ids", expanding=True))).values(promoted(m))
         )
+
+
+BUNDLE = Bundle(
+    dialects=("mysql", "mariadb"),
+    strategy=MySQLStrategy,
+    locking=MySQLLocking,
+    windows=MySQLWindows,
+    migration_lock=MySQLMigrationLock,
+)

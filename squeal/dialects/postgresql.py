@@ -21,6 +21,10 @@ from squeal.dialects.base import (
     in_claim_order,
     promoted,
 )
+from squeal.dialects.bundle import Bundle
+from squeal.dialects.dedup import PostgreSQLWindows
+from squeal.dialects.locking import PostgreSQLLocking
+from squeal.dialects.migration_lock import PostgreSQLMigrationLock
 from squeal.drivers.base import Code
 from squeal.executor import Executor
 from squeal.schema import Tables
@@ -223,3 +227,12 @@ class PostgreSQLStrategy(Strategy):
             .values(self.take_lease)
             .returning(*self.claimed_columns)
         )
+
+
+BUNDLE = Bundle(
+    dialects=("postgresql",),
+    strategy=PostgreSQLStrategy,
+    locking=PostgreSQLLocking,
+    windows=PostgreSQLWindows,
+    migration_lock=PostgreSQLMigrationLock,
+)

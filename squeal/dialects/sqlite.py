@@ -13,6 +13,10 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import Strategy
+from squeal.dialects.bundle import Bundle
+from squeal.dialects.dedup import SQLiteWindows
+from squeal.dialects.locking import SQLiteLocking
+from squeal.dialects.migration_lock import SQLiteMigrationLock
 from squeal.drivers.base import Code
 from squeal.errors import DatabaseBusy
 
@@ -116,3 +120,12 @@ class SQLiteStrategy(Strategy):
 def _busy(error: BaseException) -> bool:
     text = str(error).lower()
     return any(m in text for m in _BUSY_MESSAGES)
+
+
+BUNDLE = Bundle(
+    dialects=("sqlite",),
+    strategy=SQLiteStrategy,
+    locking=SQLiteLocking,
+    windows=SQLiteWindows,
+    migration_lock=SQLiteMigrationLock,
+)

@@ -1,0 +1,26 @@
+"""What squeal knows about one database: its claim strategy, topic locks, dedup windows and
+migration lock, named together so that a database is supported by one entry, not five."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from squeal.dialects.base import Strategy
+from squeal.dialects.dedup import Windows
+from squeal.dialects.locking import Locking
+from squeal.dialects.migration_lock import MigrationLock
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One database's statement sets, each built and compiled once per queue."""
+
+    #: The SQLAlchemy dialect names this bundle serves (``engine.dialect.name``).
+    dialects: tuple[str, ...]
+    strategy: type[Strategy]
+    locking: type[Locking]
+    windows: type[Windows]
+    migration_lock: type[MigrationLock]
+
+
+__all__ = ["Bundle"]
