@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from squeal.connections import Link
 from squeal.drivers.base import Driver
 from squeal.prepared import Prepared
+from squeal.server import UNKNOWN, Server
 
 Row = Sequence[Any]
 StatementListener = Callable[[str, Any], None]
@@ -42,6 +43,9 @@ def remove_statement_listener(listener: StatementListener) -> None:
 
 class Executor:
     """Runs statements and (for multi-statement work) brackets them in a transaction."""
+
+    #: The server the statements run on, as squeal found it on first use.
+    server: Server = UNKNOWN
 
     def rows(self, statement: sa.Executable, values: Mapping[str, Any]) -> list[Row]:
         """Execute and return every row."""
@@ -72,9 +76,13 @@ class RawExecutor(Executor):
         dialect: sa.Dialect,
         begin_sql: str,
         driver: Driver,
+        *,
+        server: Server,
     ) -> None:
+        self.server = server
         self._dbapi = link.dbapi
         self._fetch = driver.rows
+        self._execute = driver.execute
         self._rollback = driver.rollback
         self._cursor = link.cursor
         self._prepared = prepared
@@ -91,9 +99,7 @@ class RawExecutor(Executor):
         sql, params = prepared.bind(values)
         for listener in _listeners:
             listener(sql, params)
-        cursor = self._cursor
-        cursor.execute(sql, params)
-        return cursor
+        return self._execute(self._dbapi, self._cursor, sql, params)
 
     def rows(self, statement: sa.Executable, values: Mapping[str, Any]) -> list[Row]:
         return self._fetch(self._run(statement, values))
@@ -102,8 +108,8 @@ class RawExecutor(Executor):
         return int(self._run(statement, values).rowcount)
 
     def insert(self, statement: sa.Executable, values: Mapping[str, Any]) -> int | None:
-        cursor = self._run(statement, values)
-        return int(cursor.lastrowid) if cursor.rowcount else None
+        result = self._run(statement, values)
+        return int(result.lastrowid) if result.rowcount else None
 
     def begin(self) -> None:
         """Start a transaction on the autocommit connection (``begin_sql``, e.g. BEGIN)."""
@@ -127,8 +133,9 @@ class RawExecutor(Executor):
 class CallerExecutor(Executor):
     """Statements through the caller's SQLAlchemy Connection, inside the caller's transaction."""
 
-    def __init__(self, connection: sa.Connection) -> None:
+    def __init__(self, connection: sa.Connection, server: Server) -> None:
         self._connection = connection
+        self.server = server
 
     def rows(self, statement: sa.Executable, values: Mapping[str, Any]) -> list[Row]:
         return [tuple(row) for row in self._connection.execute(statement, dict(values))]

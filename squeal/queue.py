@@ -96,13 +96,12 @@ class Queue:
         self.topic_lock_timeout = check.seconds(
             topic_lock_timeout, "topic_lock_timeout", positive=True
         )
-        self._strategy = strategy_for(engine, self._tables)
+        self._strategy = strategy_for(engine, self._tables, notify=bool(notify))
         self._admin = AdminStatements(self._tables)
         self._topic_locks = TopicLocks(
             self, locking_for(engine.dialect, self._tables, self._admin.ready)
         )
         self._session = Session(engine, self._strategy, self._tables)
-        self._strategy.notify = bool(notify)
         self._waiter: Poller | None = None
         self._waiter_lock = threading.Lock()
         window = None if dedup_window is None else check.seconds(dedup_window, "dedup_window")

@@ -17,6 +17,7 @@ from squeal.errors import DatabaseBusy, DatabaseError, SchemaMissing, SchemaOutO
 from squeal.executor import CallerExecutor, Executor, RawExecutor
 from squeal.prepared import Prepared
 from squeal.schema import SCHEMA_REVISION, Tables
+from squeal.server import UNKNOWN, Server
 
 T = TypeVar("T")
 log = logging.getLogger("squeal")
@@ -55,6 +56,8 @@ class Session:
         self.strategy = strategy
         self.tables = tables
         self._schema_ok = False
+        #: What the first check found (the server squeal's statements are checked against).
+        self.server: Server = UNKNOWN
         self._prepared: dict[Any, Prepared] = {}
         self._errors: tuple[type[BaseException], ...] = ()
         self.driver: Driver = driver_for(engine.dialect)
@@ -114,7 +117,7 @@ class Session:
         # __context__ carries the original (whose text can include bound parameters).
         try:
             self._ensure_schema(connection)
-            return work(CallerExecutor(connection))
+            return work(CallerExecutor(connection, self.server))
         except sa.exc.SQLAlchemyError as error:
             failure = wrap(error, "squeal, in the caller's transaction")
         raise failure
@@ -169,7 +172,12 @@ class Session:
         """One attempt on one of squeal's connections (the hot path: no context managers)."""
         link = stash.take()
         ex = RawExecutor(
-            link, self._prepared, self.engine.dialect, self.strategy.begin_sql, self.driver
+            link,
+            self._prepared,
+            self.engine.dialect,
+            self.strategy.begin_sql,
+            self.driver,
+            server=self.server,
         )
         try:
             if atomic:
@@ -201,7 +209,7 @@ class Session:
             isolation = self.strategy.isolation_level
             if isolation is not None:
                 conn.execution_options(isolation_level=isolation)
-            return _committed(work, _Committing(conn), commit_on)
+            return _committed(work, _Committing(conn, self.server), commit_on)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         if not self._errors:
@@ -242,7 +250,7 @@ class Session:
     def _ensure_schema(self, conn: sa.Connection) -> None:
         if self._schema_ok:
             return
-        self.strategy.check_server(conn)
+        self.server = self.strategy.check_server(conn)
         prefix = self.tables.prefix
         command = migrate_hint(self.engine, prefix)
         inspector = sa.inspect(conn)
@@ -292,8 +300,8 @@ def _revisions(conn: sa.Connection, inspector: sa.Inspector, table: str) -> list
 class _Committing(CallerExecutor):
     """The caller-style executor on a connection of ours from the engine: commit at the end."""
 
-    def __init__(self, connection: sa.Connection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: sa.Connection, server: Server) -> None:
+        super().__init__(connection, server)
         self._conn = connection
 
     def commit(self) -> None:

@@ -39,9 +39,9 @@ def bundle_for(dialect: sa.Dialect) -> Bundle:
         ) from None
 
 
-def strategy_for(engine: sa.Engine, tables: Tables) -> Strategy:
-    """The claim strategy for ``engine``'s database."""
-    return bundle_for(engine.dialect).strategy(engine.dialect, tables)
+def strategy_for(engine: sa.Engine, tables: Tables, *, notify: bool = True) -> Strategy:
+    """The claim strategy for ``engine``'s database (``notify``: puts announce themselves)."""
+    return bundle_for(engine.dialect).strategy(engine.dialect, tables, notify=notify)
 
 
 def locking_for(dialect: sa.Dialect, tables: Tables, ready: sa.ColumnElement[bool]) -> Locking:

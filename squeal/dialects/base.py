@@ -15,6 +15,7 @@ from squeal.drivers.base import Code
 from squeal.errors import UnsupportedDatabase
 from squeal.executor import Executor
 from squeal.schema import DEAD, READY, WAITING, Tables, in_state, text_value
+from squeal.server import Server
 
 #: What a claim returns for one message: (id, payload, neg_priority, attempts, enqueued_at),
 #: ``attempts`` already counting this claim. Plain tuples, as the driver returns them.
@@ -77,9 +78,11 @@ class Strategy:
     label: ClassVar[str] = "database"
     min_version: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, dialect: sa.Dialect, tables: Tables) -> None:
+    def __init__(self, dialect: sa.Dialect, tables: Tables, *, notify: bool = True) -> None:
         self.dialect = dialect
         self.tables = tables
+        #: Whether puts announce new messages (the Queue's ``notify`` option).
+        self.notify = notify
         m = self.m = tables.message
         self._multirow_cache: dict[tuple[int, bool, bool], sa.Executable] = {}
         self._row_names_cache: dict[int, tuple[list[str], list[str]]] = {}
@@ -163,8 +166,8 @@ class Strategy:
         info = self.dialect.server_version_info or ()
         return tuple(int(v) for v in info if isinstance(v, int))
 
-    def check_server(self, connection: sa.Connection) -> None:
-        """Raise UnsupportedDatabase when the server is too old for squeal."""
+    def check_server(self, connection: sa.Connection) -> Server:
+        """What squeal needs to know about the server; UnsupportedDatabase if it is too old."""
         version = self.server_version(connection)
         if version < self.min_version:
             wanted = ".".join(map(str, self.min_version))
@@ -172,6 +175,7 @@ class Strategy:
             raise UnsupportedDatabase(
                 f"squeal needs {self.label} {wanted} or newer (this server is {found})"
             )
+        return Server(version)
 
     def after_migrate(self, connection: sa.Connection) -> None:
         """Database-level settings squeal needs once its tables exist."""
@@ -302,8 +306,6 @@ class Strategy:
     def _returning_id(self) -> dict[tuple[bool, bool], sa.Executable]:
         return {kind: self.announced(s.returning(self.m.c.id)) for kind, s in self._single.items()}
 
-    #: Whether puts announce new messages (the Queue's ``notify`` option).
-    notify: bool = True
 
     @property
     def wake_channel(self) -> str | None:

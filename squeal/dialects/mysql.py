@@ -26,6 +26,7 @@ from squeal.dialects.migration_lock import MySQLMigrationLock
 from squeal.drivers.base import Code
 from squeal.errors import PayloadTooLarge, UnsupportedDatabase
 from squeal.executor import Executor
+from squeal.server import Server
 
 
 @compiles(now_ms, "mysql")
@@ -79,21 +80,18 @@ class MySQLStrategy(Strategy):
     def _is_mariadb(self) -> bool:
         return bool(getattr(self.dialect, "is_mariadb", False))
 
-    #: The server's max_allowed_packet (read at the first use of a queue).
-    packet_limit: int | None = None
-
-    def check_server(self, connection: sa.Connection) -> None:
+    def check_server(self, connection: sa.Connection) -> Server:
         limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
-        self.packet_limit = int(limit) if limit is not None else None
         if not self._is_mariadb:
-            super().check_server(connection)
-            return
-        version = self.server_version(connection)
-        if version < _MARIADB_MIN:
-            raise UnsupportedDatabase(
-                "squeal needs MariaDB 10.6 or newer for SKIP LOCKED (this server is "
-                f"{'.'.join(map(str, version))})"
-            )
+            found = super().check_server(connection)
+        else:
+            found = Server(self.server_version(connection))
+            if found.version < _MARIADB_MIN:
+                raise UnsupportedDatabase(
+                    "squeal needs MariaDB 10.6 or newer for SKIP LOCKED (this server is "
+                    f"{'.'.join(map(str, found.version))})"
+                )
+        return Server(found.version, int(limit) if limit is not None else None)
 
     def insert(
         self,
@@ -105,7 +103,7 @@ class MySQLStrategy(Strategy):
         # The server refuses (and PyMySQL then drops the connection on) a statement larger than
         # max_allowed_packet; say so before sending it. Drivers send bytes as text, escaped or
         # in hex, so a payload may take up to twice its size.
-        limit = self.packet_limit
+        limit = ex.server.statement_limit
         if limit is not None:
             for payload in payloads:
                 size = len(payload)

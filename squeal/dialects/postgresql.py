@@ -59,8 +59,8 @@ class PostgreSQLStrategy(Strategy):
     #: The claim is one statement, so on an autocommit connection it is one round trip.
     claim_is_one_statement: ClassVar[bool] = True
 
-    def __init__(self, dialect: sa.Dialect, tables: Tables) -> None:
-        super().__init__(dialect, tables)
+    def __init__(self, dialect: sa.Dialect, tables: Tables, *, notify: bool = True) -> None:
+        super().__init__(dialect, tables, notify=notify)
         m = self.m
         # ``id = ANY(:ids)``: one statement text for every batch size, so psycopg caches and
         # prepares it (it does neither for an IN list of more than 50 parameters).

@@ -67,9 +67,15 @@ class Driver:
         """The file descriptor of the connection's socket, unless the user configured TCP."""
         return None
 
-    def rows(self, cursor: Any) -> list[Any]:
-        """Every row of the cursor's result, each a sequence with ``bytes`` for binary values."""
-        return list(cursor.fetchall())
+    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+        """Run one compiled statement; its result (the cursor, or what :meth:`rows` reads),
+        with ``rowcount`` and ``lastrowid``."""
+        cursor.execute(sql, params)
+        return cursor
+
+    def rows(self, result: Any) -> list[Any]:
+        """Every row of a result, each a sequence with ``bytes`` for binary values."""
+        return list(result.fetchall())
 
     def connect_timeout(self, seconds: int) -> dict[str, Any]:
         """Connect arguments that bound how long connecting may take (CLI use)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import itertools
+import re
+from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any, ClassVar
 
@@ -85,6 +88,47 @@ def _bytes_type(psycopg2: Any) -> Any:
     return _BYTES[0]
 
 
+class _Result:
+    """A pg8000 statement's outcome, read the way a cursor's is."""
+
+    __slots__ = ("rowcount", "rows")
+
+    lastrowid = None
+
+    def __init__(self, context: Any) -> None:
+        self.rowcount = int(context.row_count)
+        self.rows = context.rows or ()
+
+
+#: Statement texts whose markers ``Pg8000`` has rewritten, at most this many kept.
+_NUMBERED_MAX = 1024
+_MARKER = re.compile(r"%%|%s")
+
+
+def _numbered(sql: str) -> str:
+    """``sql`` with its ``%s`` markers numbered ``$1``, ``$2`` ... and ``%%`` made ``%``."""
+    counter = itertools.count(1)
+    return _MARKER.sub(lambda m: "%" if m.group() == "%%" else f"${next(counter)}", sql)
+
+
+def _dbapi() -> Any:
+    return importlib.import_module("pg8000.dbapi")
+
+
+def _as_cursor_raises(error: Any) -> BaseException:
+    """The exception pg8000's cursor raises for ``error`` (it narrows the server's errors)."""
+    module = _dbapi()
+    message = error.args[0] if error.args else None
+    if not isinstance(message, dict):
+        return module.ProgrammingError(message)  # type: ignore[no-any-return]
+    code = message.get("C")
+    if code == "28000":
+        return module.InterfaceError(message)  # type: ignore[no-any-return]
+    if code == "23505":
+        return module.IntegrityError(message)  # type: ignore[no-any-return]
+    return module.ProgrammingError(message)  # type: ignore[no-any-return]
+
+
 class Pg8000(Driver):
     """pg8000 (``postgresql+pg8000``): pure Python; notifications arrive with any reply."""
 
@@ -93,6 +137,31 @@ class Pg8000(Driver):
     notifications: ClassVar[bool] = True
     #: A reset or timed-out socket read escapes pg8000 as the OSError itself.
     lost: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+
+    def __init__(self) -> None:
+        self._numbered: dict[str, str] = {}
+
+    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+        # pg8000's cursor rewrites every statement's %s markers to $1, $2 ... scanning it one
+        # character at a time, on every execution: for a claim that costs more than the round
+        # trip. squeal's statements are compiled once, so it rewrites each text once and hands
+        # it to the connection's own execute_unnamed, which the cursor calls after rewriting.
+        numbered = self._numbered.get(sql)
+        if numbered is None:
+            if len(self._numbered) >= _NUMBERED_MAX:
+                self._numbered.clear()
+            numbered = self._numbered[sql] = _numbered(sql)
+        try:
+            return _Result(dbapi.execute_unnamed(numbered, vals=params))
+        except AttributeError:
+            if getattr(dbapi, "_sock", None) is None:
+                raise _dbapi().InterfaceError("connection is closed") from None
+            raise
+        except _dbapi().DatabaseError as error:
+            raise _as_cursor_raises(error) from error
+
+    def rows(self, result: Any) -> list[Any]:
+        return list(result.rows)
 
     def code(self, error: BaseException) -> Code:
         args = getattr(error, "args", ())
