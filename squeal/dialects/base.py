@@ -306,7 +306,6 @@ class Strategy:
     def _returning_id(self) -> dict[tuple[bool, bool], sa.Executable]:
         return {kind: self.announced(s.returning(self.m.c.id)) for kind, s in self._single.items()}
 
-
     @property
     def wake_channel(self) -> str | None:
         """The channel puts announce ready messages on; None when consumers poll."""

@@ -211,3 +211,28 @@ def test_this_drivers_errors_are_classified(queue: Queue, engine: sa.Engine, db:
     assert not session._disconnected(waited.value)
     assert not session._retryable(wrong.value)
     assert not session._disconnected(wrong.value)
+
+
+@pytest.mark.dialects("postgresql")
+def test_statements_run_after_the_session_drops_its_prepared_statements(
+    make_queue: Callable[..., Queue],
+) -> None:
+    """A pooler or DISCARD ALL may drop what a driver prepared server-side: nothing fails.
+
+    (psycopg 3 and squeal's psycopg2 adapter prepare statements they run repeatedly.)
+    """
+    q = make_queue()
+    for round_ in range(3):
+        for i in range(6):  # past every driver's preparation threshold
+            q.put(f"{round_}.{i}".encode(), "prep")
+            m = q.get("prep")
+            assert m is not None
+            m.ack()
+        with squeals_link(q) as link:
+            link.cursor.execute("DEALLOCATE ALL")
+    # A message after the drop is stored and delivered like any other.
+    q.put(b"after", "prep")
+    m = q.get("prep")
+    assert m is not None and m.payload == b"after"
+    m.ack()
+    assert q.size("prep") == 0
