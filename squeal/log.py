@@ -17,10 +17,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from squeal.message import Message
+
+class Leased(Protocol):
+    """What the log reports of a leased message."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def attempts(self) -> int: ...
+
 
 logger = logging.getLogger("squeal")
 
@@ -56,7 +67,7 @@ def put(topic: str, ids: Sequence[int | None], keys: Sequence[str | None], in_ca
         event("dedup_blocked", topic=topic, dedup_keys=blocked, count=len(blocked))
 
 
-def claimed(topic: str, messages: Sequence[Message]) -> None:
+def claimed(topic: str, messages: Sequence[Leased]) -> None:
     """``claim`` for a get or get_many that leased something (empty polls are not logged)."""
     if messages and logger.isEnabledFor(DEBUG):
         event(
@@ -68,7 +79,7 @@ def claimed(topic: str, messages: Sequence[Message]) -> None:
         )
 
 
-def settled(name: str, messages: Sequence[Message]) -> None:
+def settled(name: str, messages: Sequence[Leased]) -> None:
     """``ack`` or ``release`` for a batch of messages, one event per topic."""
     if not logger.isEnabledFor(DEBUG):
         return
@@ -77,7 +88,7 @@ def settled(name: str, messages: Sequence[Message]) -> None:
 
 
 def nacked(
-    messages: Sequence[Message], params: Sequence[Mapping[str, Any]], max_attempts: int
+    messages: Sequence[Leased], params: Sequence[Mapping[str, Any]], max_attempts: int
 ) -> None:
     """``nack`` per message (``params``: each one's ``delay_ms``), ``dead`` for the last try."""
     if not logger.isEnabledFor(NOTABLE):
@@ -106,7 +117,7 @@ def nacked(
             )
 
 
-def lease_lost(operation: str, messages: Sequence[Message], message_id: int | None) -> None:
+def lease_lost(operation: str, messages: Sequence[Leased], message_id: int | None) -> None:
     """``lease_lost`` when ack, nack, release or touch raises LeaseLost."""
     if not logger.isEnabledFor(NOTABLE):
         return
@@ -121,8 +132,8 @@ def lease_lost(operation: str, messages: Sequence[Message], message_id: int | No
     )
 
 
-def _by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
-    groups: dict[str, list[Message]] = {}
+def _by_topic(messages: Sequence[Leased]) -> dict[str, list[Leased]]:
+    groups: dict[str, list[Leased]] = {}
     for msg in messages:
         groups.setdefault(msg.topic, []).append(msg)
     return groups

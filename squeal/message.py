@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from squeal import validation as check
 from squeal.errors import AlreadySettled
 
-if TYPE_CHECKING:
-    from squeal.queue import Queue
+
+class Settler(Protocol):
+    """What a leased message asks of the queue that leased it (the queue gives it one)."""
+
+    def ack(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
+        """Delete ``messages`` if their leases still hold (in ``connection``'s transaction)."""
+
+    def nack(self, messages: Sequence[Message], delay: float | None) -> None:
+        """Count a failed attempt: redeliver after ``delay`` (None: backoff), or bury."""
+
+    def release(self, messages: Sequence[Message]) -> None:
+        """Give ``messages`` back unprocessed."""
+
+    def touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
+        """Extend the leases."""
 
 
 def from_ms(ms: int) -> datetime:
@@ -33,7 +46,7 @@ class Message:
         "_enqueued_ms",
         "_is_settled",
         "_on_settle",
-        "_queue",
+        "_settler",
         "attempts",
         "id",
         "lease_token",
@@ -44,7 +57,7 @@ class Message:
 
     def __init__(  # noqa: PLR0917 - positional: a get_many of 100 builds 100 (twice as fast)
         self,
-        queue: Queue,
+        settler: Settler,
         id: int,
         topic: str,
         payload: bytes,
@@ -53,7 +66,7 @@ class Message:
         enqueued_ms: int,
         lease_token: int,
     ) -> None:
-        self._queue = queue
+        self._settler = settler
         #: Called once when the handle becomes settled (a Buffer frees its quota slot).
         self._on_settle: Callable[[Message], None] | None = None
         self._is_settled = False  # not through the setter: nothing to tell yet
@@ -111,7 +124,7 @@ class Message:
         """
         conn = check.connection(connection)
         self._settle()
-        self._queue._ack([self], conn)
+        self._settler.ack([self], conn)
         self._settled = True
 
     def nack(self, *, delay: float | None = None) -> None:
@@ -125,7 +138,7 @@ class Message:
             AlreadySettled: this handle was already settled.
         """
         self._settle()
-        self._queue._nack([self], delay)
+        self._settler.nack([self], delay)
         self._settled = True
 
     def release(self) -> None:
@@ -136,7 +149,7 @@ class Message:
             AlreadySettled: this handle was already settled.
         """
         self._settle()
-        self._queue._release([self])
+        self._settler.release([self])
         self._settled = True
 
     def touch(self, visibility_timeout: float | None = None) -> None:
@@ -147,7 +160,7 @@ class Message:
             AlreadySettled: this handle was already settled.
         """
         self._settle()
-        self._queue._touch([self], visibility_timeout)
+        self._settler.touch([self], visibility_timeout)
 
     def __enter__(self) -> Message:
         return self

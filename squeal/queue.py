@@ -98,10 +98,11 @@ class Queue:
         )
         self._strategy = strategy_for(engine, self._tables, notify=bool(notify))
         self._admin = AdminStatements(self._tables)
-        self._topic_locks = TopicLocks(
-            self, locking_for(engine.dialect, self._tables, self._admin.ready)
-        )
         self._session = Session(engine, self._strategy, self._tables)
+        self._topic_locks = TopicLocks(
+            self, self._session, locking_for(engine.dialect, self._tables, self._admin.ready)
+        )
+        self._settler = _Settlement(self)
         self._waiter: Poller | None = None
         self._waiter_lock = threading.Lock()
         window = None if dedup_window is None else check.seconds(dedup_window, "dedup_window")
@@ -440,8 +441,9 @@ class Queue:
                 max_attempts=self._max_attempts,
             )
         )
+        settler = self._settler
         messages = [
-            Message(self, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token)
+            Message(settler, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token)
             for id_, payload, neg_priority, attempts, enqueued in rows
         ]
         log.claimed(topic, messages)
@@ -729,6 +731,27 @@ def _stored(cls: type[S], rows: list[Any]) -> list[S]:
         )
         for id_, topic, payload, neg_priority, attempts, enqueued_at in rows
     ]
+
+
+class _Settlement:
+    """The queue's side of :class:`~squeal.message.Settler`: what its messages call."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+
+    def ack(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
+        self._queue._ack(messages, connection)
+
+    def nack(self, messages: Sequence[Message], delay: float | None) -> None:
+        self._queue._nack(messages, delay)
+
+    def release(self, messages: Sequence[Message]) -> None:
+        self._queue._release(messages)
+
+    def touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
+        self._queue._touch(messages, visibility_timeout)
 
 
 def _expect(done: int, messages: Sequence[Message]) -> None:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from squeal import log
 from squeal import validation as check
@@ -23,7 +23,17 @@ from squeal.message import from_ms
 from squeal.schema import text_value
 
 if TYPE_CHECKING:
-    from squeal.queue import Queue
+    from squeal.session import Session
+
+
+class LockOwner(Protocol):
+    """What a topic lock needs of the queue that acquired it (a :class:`~squeal.Queue`)."""
+
+    @property
+    def topic_lock_timeout(self) -> float:
+        """Seconds a lock lasts unless touched."""
+        ...
+
 
 #: Candidate queries one acquire runs before it gives up on a crowd of racing takers.
 _ROUNDS = 4
@@ -36,10 +46,12 @@ class TopicLock:
     the block releases it (unless it was released already).
     """
 
-    __slots__ = ("_released", "expires_at", "queue", "token", "topic")
+    __slots__ = ("_locks", "_released", "expires_at", "queue", "token", "topic")
 
-    def __init__(self, queue: Queue, *, topic: str, token: int, expires_at: datetime) -> None:
-        self.queue = queue
+    def __init__(self, locks: TopicLocks, *, topic: str, token: int, expires_at: datetime) -> None:
+        self._locks = locks
+        #: The queue that acquired the lock.
+        self.queue = locks.owner
         self.topic = topic
         self.token = token
         self.expires_at = expires_at
@@ -64,7 +76,7 @@ class TopicLock:
         """
         if self._released:
             raise AlreadyReleased(f"the lock on topic {self.topic!r} was already released")
-        self.queue._topic_locks.release(self)
+        self._locks.release(self)
 
     def touch(self, timeout: float | None = None) -> None:
         """Extend the lock to ``timeout`` seconds from now (default: ``topic_lock_timeout``).
@@ -80,7 +92,7 @@ class TopicLock:
         )
         if self._released:
             raise AlreadyReleased(f"the lock on topic {self.topic!r} was already released")
-        self.queue._topic_locks.touch(self, check.to_ms(seconds))
+        self._locks.touch(self, check.to_ms(seconds))
 
     def __enter__(self) -> TopicLock:
         return self
@@ -98,8 +110,9 @@ class TopicLock:
 class TopicLocks:
     """One queue's topic locks: acquiring, fencing, and the ones this process holds."""
 
-    def __init__(self, queue: Queue, locking: Locking) -> None:
-        self._queue = queue
+    def __init__(self, owner: LockOwner, session: Session, locking: Locking) -> None:
+        self.owner = owner
+        self._session = session
         self._locking = locking
         self._held: dict[int, TopicLock] = {}
         self._guard = threading.Lock()
@@ -107,8 +120,8 @@ class TopicLocks:
     def acquire(self, exclude: Iterable[str], max_attempts: int) -> TopicLock | None:
         """Lock the free topic with the most ready messages, or return None."""
         skip = sorted(check.texts(exclude, "exclude"))
-        session, locking = self._queue._session, self._locking
-        ttl_ms = check.to_ms(self._queue.topic_lock_timeout)
+        session, locking = self._session, self._locking
+        ttl_ms = check.to_ms(self.owner.topic_lock_timeout)
         token = secrets.randbits(63)
         params = {"max_attempts": max_attempts, **({"exclude": skip} if skip else {})}
         stmt = locking.candidates(excluding=bool(skip))
@@ -128,9 +141,7 @@ class TopicLocks:
         return None
 
     def _granted(self, topic: str, lease: Lease) -> TopicLock:
-        lock = TopicLock(
-            self._queue, topic=topic, token=lease.token, expires_at=from_ms(lease.expires_at)
-        )
+        lock = TopicLock(self, topic=topic, token=lease.token, expires_at=from_ms(lease.expires_at))
         with self._guard:
             self._held[id(lock)] = lock
         log.event("lock_acquired", topic=topic, token=lease.token)
@@ -139,7 +150,7 @@ class TopicLocks:
     def release(self, lock: TopicLock) -> None:
         """Delete ``lock``'s row if its token still holds the topic, else raise LeaseLost."""
         params = {"lock_topic": lock.topic, "lock_token": lock.token}
-        done = self._queue._session.write(lambda ex: ex.count(self._locking.release, params))
+        done = self._session.write(lambda ex: ex.count(self._locking.release, params))
         self._forget(lock)
         if done != 1:
             self._lost(lock, "release")
@@ -149,7 +160,7 @@ class TopicLocks:
     def touch(self, lock: TopicLock, ttl_ms: int) -> None:
         """Extend ``lock`` to now + ``ttl_ms`` if its token still holds the topic."""
         locking = self._locking
-        expires = self._queue._session.write(
+        expires = self._session.write(
             lambda ex: locking.touch(ex, lock.topic, lock.token, ttl_ms),
             atomic=locking.touch_is_atomic,
         )
