@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any, ClassVar
 
+from squeal.prepared import Params
+
 #: What a driver error carries to tell what happened: a SQLSTATE (PostgreSQL), an error number
 #: (MySQL), or nothing the adapter could find.
 Code = str | int | None
@@ -67,7 +69,7 @@ class Driver:
         """The file descriptor of the connection's socket, unless the user configured TCP."""
         return None
 
-    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Params) -> Any:
         """Run one compiled statement; its result (the cursor, or what :meth:`rows` reads),
         with ``rowcount`` and ``lastrowid``."""
         cursor.execute(sql, params)

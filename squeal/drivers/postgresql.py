@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import itertools
-import re
 import threading
 import weakref
-from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any, ClassVar
 
 from squeal.drivers.base import Code, Driver, readable
+from squeal.prepared import Params, number_markers
 
 #: libpq settings that mean the application tuned TCP itself (then squeal leaves it alone).
 _TCP_PARAMETERS = frozenset(
@@ -64,7 +62,7 @@ class Psycopg2(Driver):
         with self._lock:
             self._statements[dbapi] = {}
 
-    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Params) -> Any:
         # psycopg2 sends every statement as text, so the server plans it on every execution;
         # a claim takes longer to plan than to run. Like psycopg 3 (which prepares a statement
         # on its fifth execution), statements used again on a connection are prepared
@@ -87,7 +85,7 @@ class Psycopg2(Driver):
             name = "squeal_" + hashlib.blake2b(sql.encode(), digest_size=8).hexdigest()
             try:
                 types = ", ".join(_pg_type(value) for value in params)
-                cursor.execute(f"PREPARE {name} ({types}) AS {_numbered(sql)}")
+                cursor.execute(f"PREPARE {name} ({types}) AS {number_markers(sql, '${}')}")
             except importlib.import_module("psycopg2").Error:
                 statements[sql] = -1
                 cursor.execute(sql, params)
@@ -168,7 +166,6 @@ class _Result:
 
 #: Statement texts whose markers ``Pg8000`` has rewritten, at most this many kept.
 _NUMBERED_MAX = 1024
-_MARKER = re.compile(r"%%|%s")
 
 
 def _pg_type(value: Any) -> str:
@@ -187,12 +184,6 @@ def _pg_type(value: Any) -> str:
     if isinstance(value, list | tuple) and value and all(type(v) is int for v in value):
         return "bigint[]"
     return "unknown"
-
-
-def _numbered(sql: str) -> str:
-    """``sql`` with its ``%s`` markers numbered ``$1``, ``$2`` ... and ``%%`` made ``%``."""
-    counter = itertools.count(1)
-    return _MARKER.sub(lambda m: "%" if m.group() == "%%" else f"${next(counter)}", sql)
 
 
 def _dbapi() -> Any:
@@ -225,7 +216,7 @@ class Pg8000(Driver):
     def __init__(self) -> None:
         self._numbered: dict[str, str] = {}
 
-    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+    def execute(self, dbapi: Any, cursor: Any, sql: str, params: Params) -> Any:
         # pg8000's cursor rewrites every statement's %s markers to $1, $2 ... scanning it one
         # character at a time, on every execution: for a claim that costs more than the round
         # trip. squeal's statements are compiled once, so it rewrites each text once and hands
@@ -234,7 +225,7 @@ class Pg8000(Driver):
         if numbered is None:
             if len(self._numbered) >= _NUMBERED_MAX:
                 self._numbered.clear()
-            numbered = self._numbered[sql] = _numbered(sql)
+            numbered = self._numbered[sql] = number_markers(sql, "${}")
         try:
             return _Result(dbapi.execute_unnamed(numbered, vals=params))
         except AttributeError:

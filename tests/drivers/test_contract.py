@@ -233,6 +233,7 @@ def test_statements_run_after_the_session_drops_its_prepared_statements(
     # A message after the drop is stored and delivered like any other.
     q.put(b"after", "prep")
     m = q.get("prep")
-    assert m is not None and m.payload == b"after"
+    assert m is not None
+    assert m.payload == b"after"
     m.ack()
     assert q.size("prep") == 0
