@@ -69,7 +69,9 @@ def _consume(url: str, prefix: str, fixed: str, stop: Any, events: Any) -> None:
     from squeal.message import Message
     from squeal.worker import Worker
 
-    logging.getLogger("squeal.worker").setLevel(logging.ERROR)
+    # The demo reports each failure and death on its own screen; the Worker's log lines (with
+    # the deliberate failures' tracebacks) would only scroll that away.
+    logging.getLogger("squeal.worker").setLevel(logging.CRITICAL)
     queue = _queue(url, prefix)
     handled: list[int] = []
 
