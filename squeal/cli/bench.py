@@ -386,7 +386,8 @@ class _Bench:
         self.prefix = f"{stem}_{secrets.token_hex(4)}"
         self.samples: dict[str, dict[str, list[float]]] = {}
         self.extra: dict[str, dict[str, Any]] = {}
-        self.label = url.get_backend_name()
+        #: The database and the driver measured, e.g. ``postgresql+psycopg2``.
+        self.label = f"{url.get_backend_name()}+{url.get_driver_name()}"
 
     def note(self, row: str, side: str, value: float) -> None:
         self.samples.setdefault(row, {}).setdefault(side, []).append(value)
@@ -695,7 +696,17 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("squeal", "sqlalchemy", "psycopg", "pymysql"):
+    for name in (
+        "squeal",
+        "sqlalchemy",
+        "psycopg",
+        "psycopg2-binary",
+        "pg8000",
+        "pymysql",
+        "mysqlclient",
+        "mysql-connector-python",
+        "mariadb",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     import sqlite3
