@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from squeal.buffer import Buffer
+from squeal.dialects.health import Finding
 from squeal.errors import (
     AlreadyReleased,
     AlreadySettled,
@@ -32,6 +33,7 @@ __all__ = [
     "DatabaseBusy",
     "DatabaseError",
     "DeadMessage",
+    "Finding",
     "InvalidType",
     "LeaseLost",
     "Message",

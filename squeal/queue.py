@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from squeal import log
 from squeal import validation as check
 from squeal.admin import AdminStatements
-from squeal.dialects import locking_for, strategy_for, windows_for
+from squeal.dialects import health_for, locking_for, strategy_for, windows_for
 from squeal.dialects.dedup import SWEEP_EVERY
+from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
@@ -659,6 +660,23 @@ class Queue:
             if moved < step:
                 break
         return total
+
+    def health(self) -> list[Finding]:
+        """Check what keeps this queue fast over months, as the server reports it.
+
+        PostgreSQL: autovacuum, dead rows and size of squeal's tables, the oldest snapshot held
+        on the server (which holds back vacuum); MySQL/MariaDB: InnoDB's history list, the
+        oldest open transaction, table sizes; SQLite: free pages and the write-ahead log. Each
+        :class:`~squeal.Finding` has a status (``ok``, ``warning``, ``action``, ``unknown``)
+        and, unless all is well, advice. Reads only; changes nothing.
+        """
+        checks = health_for(self.engine.dialect, self._tables)
+        try:
+            with self.engine.connect() as conn:
+                return checks.findings(conn)
+        except sa.exc.SQLAlchemyError as error:
+            failure = wrap(error, "squeal (checking its health)")
+        raise failure
 
     def peek(self, topic: str = "default", limit: int = 10) -> list[PeekedMessage]:
         """The next ready messages of ``topic`` in delivery order, without claiming them."""

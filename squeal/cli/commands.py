@@ -391,6 +391,28 @@ def stats_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command(
+    "health",
+    help="what keeps the queue fast: vacuum, snapshots, purge, free pages (exit 1: act)",
+    arguments=_stats_arguments,
+)
+def health_command(args: argparse.Namespace) -> int:
+    """``squeal health``: every finding with its advice; exit 1 when one needs action."""
+    with open_queue(args) as queue:
+        findings = queue.health()
+    failing = EXIT_FAILURE if any(f.status == "action" for f in findings) else EXIT_OK
+    if args.json:
+        print(json.dumps([asdict(f) for f in findings]))
+        return failing
+    print(table(("check", "status", "found"), [(f.check, f.status, f.detail) for f in findings]))
+    advice = [f for f in findings if f.advice]
+    if advice:
+        print()
+        for f in advice:
+            print(f"{f.status}: {f.check}: {f.advice}")
+    return failing
+
+
 def _put_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC")
     parser.add_argument(

@@ -15,6 +15,7 @@ from squeal.dialects import mysql, postgresql, sqlite
 from squeal.dialects.base import Strategy
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import Windows
+from squeal.dialects.health import Health
 from squeal.dialects.locking import Locking
 from squeal.dialects.migration_lock import MIGRATION_LOCK_SECONDS, locked_transaction
 from squeal.errors import UnsupportedDatabase
@@ -54,6 +55,11 @@ def windows_for(dialect: sa.Dialect, tables: Tables) -> Windows:
     return bundle_for(dialect).windows(dialect, tables)
 
 
+def health_for(dialect: sa.Dialect, tables: Tables) -> Health:
+    """The health checks for ``dialect``'s database."""
+    return bundle_for(dialect).health(tables)
+
+
 @contextmanager
 def migration_transaction(
     conn: sa.Connection, prefix: str, *, timeout: float = MIGRATION_LOCK_SECONDS
@@ -73,6 +79,7 @@ __all__ = [
     "Bundle",
     "Strategy",
     "bundle_for",
+    "health_for",
     "locking_for",
     "migration_transaction",
     "strategy_for",

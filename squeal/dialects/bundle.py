@@ -1,5 +1,7 @@
-"""What squeal knows about one database: its claim strategy, topic locks, dedup windows and
-migration lock, named together so that a database is supported by one entry, not five."""
+"""What squeal knows about one database, named together so that a database is one entry.
+
+Its claim strategy, topic locks, dedup windows, migration lock and health checks.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from dataclasses import dataclass
 
 from squeal.dialects.base import Strategy
 from squeal.dialects.dedup import Windows
+from squeal.dialects.health import Health
 from squeal.dialects.locking import Locking
 from squeal.dialects.migration_lock import MigrationLock
 
@@ -21,6 +24,7 @@ class Bundle:
     locking: type[Locking]
     windows: type[Windows]
     migration_lock: type[MigrationLock]
+    health: type[Health]
 
 
 __all__ = ["Bundle"]

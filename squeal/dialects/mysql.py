@@ -21,6 +21,7 @@ from squeal.dialects.base import (
 )
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import MySQLWindows
+from squeal.dialects.health import MySQLHealth
 from squeal.dialects.locking import MySQLLocking
 from squeal.dialects.migration_lock import MySQLMigrationLock
 from squeal.drivers.base import Code
@@ -202,4 +203,5 @@ BUNDLE = Bundle(
     locking=MySQLLocking,
     windows=MySQLWindows,
     migration_lock=MySQLMigrationLock,
+    health=MySQLHealth,
 )

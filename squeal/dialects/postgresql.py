@@ -23,6 +23,7 @@ from squeal.dialects.base import (
 )
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import PostgreSQLWindows
+from squeal.dialects.health import PostgreSQLHealth
 from squeal.dialects.locking import PostgreSQLLocking
 from squeal.dialects.migration_lock import PostgreSQLMigrationLock
 from squeal.drivers.base import Code
@@ -235,4 +236,5 @@ BUNDLE = Bundle(
     locking=PostgreSQLLocking,
     windows=PostgreSQLWindows,
     migration_lock=PostgreSQLMigrationLock,
+    health=PostgreSQLHealth,
 )

@@ -15,6 +15,7 @@ from squeal.clock import now_ms
 from squeal.dialects.base import Strategy
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import SQLiteWindows
+from squeal.dialects.health import SQLiteHealth
 from squeal.dialects.locking import SQLiteLocking
 from squeal.dialects.migration_lock import SQLiteMigrationLock
 from squeal.drivers.base import Code
@@ -128,4 +129,5 @@ BUNDLE = Bundle(
     locking=SQLiteLocking,
     windows=SQLiteWindows,
     migration_lock=SQLiteMigrationLock,
+    health=SQLiteHealth,
 )

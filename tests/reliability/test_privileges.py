@@ -122,3 +122,18 @@ def test_dedup_windows_and_topic_locks_need_only_their_own_tables(
     assert producer.put(b"again", topic="t", dedup_key="k1") is not None
     with pytest.raises(DatabaseError):
         consumer.put(b"three", topic="t", dedup_key="k9")
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_health_as_a_consumer_role_reports_what_it_cannot_read_instead_of_failing(
+    role_queue: Callable[..., Queue], db: str
+) -> None:
+    """A role without monitoring privileges (MySQL: PROCESS) gets 'unknown' with the advice."""
+    findings = role_queue("consumer").health()
+    assert findings
+    for finding in findings:
+        assert finding.status in ("ok", "warning", "action", "unknown"), finding
+    unknown = [f for f in findings if f.status == "unknown"]
+    if db == "mysql":  # INNODB_METRICS and INNODB_TRX need PROCESS
+        assert {f.check for f in unknown} >= {"history list", "oldest transaction"}
+        assert all("privilege" in f.advice for f in unknown)
