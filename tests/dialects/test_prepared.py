@@ -95,7 +95,7 @@ def test_every_paramstyle_binds_what_its_driver_expects(paramstyle: str, tmp_pat
                 assert list(params) == [i, f"n{i}", data]
                 cursor.execute(sql.replace("%s", "?"), params)
             else:
-                cursor.execute(sql, params)
+                cursor.execute(sql, _for_sqlite3(paramstyle, params))
         prepared = Prepared(select, engine.dialect)
         for ids in ([2, 4], [1, 2, 3, 5], [3]):
             sql, params = prepared.bind({"ids": ids, "n": 7})
@@ -107,10 +107,18 @@ def test_every_paramstyle_binds_what_its_driver_expects(paramstyle: str, tmp_pat
                 assert params[f"p{len(ids) + 1}"] == 7
             if paramstyle in ("format", "pyformat"):
                 sql = sql.replace("%%", "%").replace("%s", "?")
-            cursor.execute(sql, params)
+            cursor.execute(sql, _for_sqlite3(paramstyle, params))
             assert cursor.fetchall() == [(i, f"n{i}", payloads[i], "5%") for i in ids]
     finally:
         raw.close()
+        engine.dispose()
+
+
+def _for_sqlite3(paramstyle: str, params: Any) -> Any:
+    """sqlite3 (Python 3.12+) wants ``:1`` markers bound by name: the sequence as a mapping."""
+    if paramstyle == "numeric":
+        return {str(i): value for i, value in enumerate(params, 1)}
+    return params
 
 
 @pytest.mark.dialects("postgresql")
@@ -118,7 +126,9 @@ def test_numeric_dollar_statements_run_on_postgresql(db_url: str, prefix: str) -
     """asyncpg's ``$1`` style, run through pg8000's own $-numbered entry point."""
     pg8000 = pytest.importorskip("pg8000")
     url = sa.make_url(db_url)
-    dialect = copy.copy(sa.create_engine(url.set(drivername="postgresql+pg8000")).dialect)
+    pg_engine = sa.create_engine(url.set(drivername="postgresql+pg8000"))
+    dialect = copy.copy(pg_engine.dialect)
+    pg_engine.dispose()
     dialect.paramstyle = "numeric_dollar"
     t = _table()
     t.name = f"{prefix}_styles"
