@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import NoReturn
 
@@ -40,23 +39,15 @@ def tool(name: str, *, env: str, package: str) -> str:
 
 
 def postgres_bin() -> Path:
-    """The folder of the PostgreSQL server programs (initdb, pg_ctl).
+    """The folder of the PostgreSQL server programs (initdb, pg_ctl); a skip without them.
 
-    ``$SQUEAL_TEST_PG_BIN``, else the folder of an ``initdb`` on PATH, else what ``pg_config
-    --bindir`` says (Debian keeps the server programs off PATH; its pg_config knows where).
+    ``$SQUEAL_TEST_PG_BIN`` (or ``$SQUEAL_PG_BIN``), else found as ``squeal.cli.servers`` finds it.
     """
-    where = os.environ.get("SQUEAL_TEST_PG_BIN")
-    if where:
-        return Path(where)
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).resolve().parent
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        done = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-        folder = Path(done.stdout.strip())
-        if done.returncode == 0 and (folder / "initdb").is_file():
-            return folder
+    from squeal.cli.servers import postgres_bin as find
+
+    found = find()
+    if found is not None:
+        return found
     unavailable(
         "the PostgreSQL server programs (initdb, pg_ctl) were not found: install the "
         "PostgreSQL server package, or set SQUEAL_TEST_PG_BIN to their folder"

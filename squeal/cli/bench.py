@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import multiprocessing
 import os
@@ -730,11 +729,10 @@ def _machine() -> dict[str, Any]:
 
 def draw(results: list[dict[str, Any]], path: Path) -> bool:
     """Draw the ratios per row and database as a bar chart; False without matplotlib."""
-    try:  # an optional extra (squeal[bench]), loaded by name: no stubs needed
-        matplotlib: Any = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
-    except ImportError:
+    from squeal.cli.output import pyplot
+
+    plt = pyplot()
+    if plt is None:
         return False
     names = [row for result in results for row in result["rows"]]
     rows = [r for r in dict.fromkeys(names) if r != "memory"]
@@ -789,6 +787,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--only", action="append", choices=ROWS, help="run only this row (repeatable)"
     )
+    soak = parser.add_argument_group("soak options (docs/operations.md)")
+    soak.add_argument(
+        "--soak",
+        metavar="MINUTES",
+        type=float,
+        help="instead of the rows: a sustained mix for MINUTES, the rate and the table's state "
+        "per window",
+    )
+    soak.add_argument(
+        "--window", metavar="SECONDS", type=float, default=10.0, help="soak window (default 10)"
+    )
+    soak.add_argument(
+        "--private-postgresql",
+        action="store_true",
+        help="soak a private PostgreSQL server started at its default settings (needs the "
+        "server programs: initdb, pg_ctl), beside any --url",
+    )
+    soak.add_argument(
+        "--hold-snapshot",
+        action="store_true",
+        help="keep a snapshot open in another session during the soak",
+    )
 
 
 def _urls(args: argparse.Namespace, scratch: Path) -> list[sa.URL]:
@@ -815,6 +835,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"squeal bench: invalid --prefix: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "soak", None) is not None:
+        from squeal.cli import soak
+
+        return soak.run(args, _urls(args, Path(".")) if getattr(args, "url", None) else [], stem)
     from squeal.cli.floor import floor_missing
 
     for given in _urls(args, Path(".")):

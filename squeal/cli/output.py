@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -60,3 +62,13 @@ class OneLineFormatter(logging.Formatter):
             return super().format(record)
         finally:
             record.exc_info, record.exc_text = saved
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files, or None without the optional extra squeal[bench]."""
+    try:  # loaded by name: no stubs needed
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        return importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return None

@@ -9,7 +9,7 @@ the server already keeps and says what to do about it; none changes anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +61,15 @@ class Health:
         """The checks, in the order they are reported."""
         return []
 
+    def numbers(self, conn: sa.Connection) -> dict[str, float]:
+        """What a soak run plots over time: sizes, dead rows, clean-up backlog."""
+        return {}
+
+    def per_table(self, conn: sa.Connection, sql: str) -> Sequence[Any]:
+        """Rows of ``sql``, whose ``:names`` is the list of squeal's table names."""
+        statement = sa.text(sql).bindparams(sa.bindparam("names", expanding=True))
+        return conn.execute(statement, {"names": self.names}).all()
+
     def findings(self, conn: sa.Connection) -> list[Finding]:
         """Run every check; a check the connection may not run says so instead of failing."""
         found: list[Finding] = []
@@ -91,6 +100,25 @@ class PostgreSQLHealth(Health):
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._autovacuum, self._dead_rows, self._oldest_snapshot]
 
+    def numbers(self, conn: sa.Connection) -> dict[str, float]:
+        row = conn.execute(
+            sa.text(
+                "SELECT n_live_tup, n_dead_tup, pg_table_size(relid), pg_indexes_size(relid) "
+                "FROM pg_stat_user_tables "
+                "WHERE relname = :name AND schemaname = ANY(current_schemas(false))"
+            ),
+            {"name": self.tables.message.name},
+        ).first()
+        if row is None:
+            return {}
+        live, dead, table, indexes = row
+        return {
+            "live_rows": live,
+            "dead_rows": dead,
+            "table_mib": table / 1048576,
+            "index_mib": indexes / 1048576,
+        }
+
     def _autovacuum(self, conn: sa.Connection) -> list[Finding]:
         on = conn.exec_driver_sql("SHOW autovacuum").scalar() == "on"
         if on:
@@ -107,16 +135,13 @@ class PostgreSQLHealth(Health):
         ]
 
     def _dead_rows(self, conn: sa.Connection) -> list[Finding]:
-        rows = conn.execute(
-            sa.text(
-                "SELECT relname, n_live_tup, n_dead_tup, "
-                "pg_total_relation_size(relid), "
-                "EXTRACT(EPOCH FROM now() - GREATEST(last_autovacuum, last_vacuum)) "
-                "FROM pg_stat_user_tables "
-                "WHERE relname IN :names AND schemaname = ANY(current_schemas(false))"
-            ).bindparams(sa.bindparam("names", expanding=True)),
-            {"names": self.names},
-        ).all()
+        rows = self.per_table(
+            conn,
+            "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid), "
+            "EXTRACT(EPOCH FROM now() - GREATEST(last_autovacuum, last_vacuum)) "
+            "FROM pg_stat_user_tables "
+            "WHERE relname IN :names AND schemaname = ANY(current_schemas(false))",
+        )
         found = []
         for name, live, dead, size, since in rows:
             vacuumed = "never vacuumed" if since is None else f"vacuumed {since:.0f} s ago"
@@ -171,6 +196,29 @@ class MySQLHealth(Health):
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._history_list, self._oldest_transaction, self._table_sizes]
 
+    def numbers(self, conn: sa.Connection) -> dict[str, float]:
+        found: dict[str, float] = {}
+        try:
+            length = conn.exec_driver_sql(
+                "SELECT `count` FROM information_schema.INNODB_METRICS "
+                "WHERE name = 'trx_rseg_history_len'"
+            ).scalar()
+            if length is not None:
+                found["history_list"] = float(length)
+        except sa.exc.DBAPIError:  # no PROCESS privilege
+            conn.rollback()
+        row = conn.execute(
+            sa.text(
+                "SELECT data_length, index_length FROM information_schema.TABLES "
+                "WHERE table_schema = DATABASE() AND table_name = :name"
+            ),
+            {"name": self.tables.message.name},
+        ).first()
+        if row is not None:
+            found["table_mib"] = row[0] / 1048576
+            found["index_mib"] = row[1] / 1048576
+        return found
+
     def _history_list(self, conn: sa.Connection) -> list[Finding]:
         length = conn.exec_driver_sql(
             "SELECT `count` FROM information_schema.INNODB_METRICS "
@@ -219,14 +267,12 @@ class MySQLHealth(Health):
         ]
 
     def _table_sizes(self, conn: sa.Connection) -> list[Finding]:
-        rows = conn.execute(
-            sa.text(
-                "SELECT table_name, table_rows, data_length + index_length, data_free "
-                "FROM information_schema.TABLES "
-                "WHERE table_schema = DATABASE() AND table_name IN :names"
-            ).bindparams(sa.bindparam("names", expanding=True)),
-            {"names": self.names},
-        ).all()
+        rows = self.per_table(
+            conn,
+            "SELECT table_name, table_rows, data_length + index_length, data_free "
+            "FROM information_schema.TABLES "
+            "WHERE table_schema = DATABASE() AND table_name IN :names",
+        )
         return [
             Finding(
                 "table size",
@@ -245,6 +291,20 @@ class SQLiteHealth(Health):
 
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._file]
+
+    def numbers(self, conn: sa.Connection) -> dict[str, float]:
+        def pragma(name: str) -> float:
+            return float(conn.exec_driver_sql(f"PRAGMA {name}").scalar() or 0)
+
+        size = pragma("page_size")
+        found = {
+            "file_mib": pragma("page_count") * size / 1048576,
+            "free_mib": pragma("freelist_count") * size / 1048576,
+        }
+        database = conn.engine.url.database
+        if database and database != ":memory:" and os.path.exists(f"{database}-wal"):
+            found["wal_mib"] = os.path.getsize(f"{database}-wal") / 1048576
+        return found
 
     def _file(self, conn: sa.Connection) -> list[Finding]:
         def pragma(name: str) -> Any:

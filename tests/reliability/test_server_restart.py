@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,13 +22,8 @@ import sqlalchemy as sa
 
 import squeal
 from squeal import Queue
+from squeal.cli.servers import PrivatePostgres, free_port
 from tests import needs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -40,43 +34,15 @@ def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 30.0) -> 
         time.sleep(0.2)
 
 
-class PrivatePostgres:
-    """An initdb'd cluster on its own port, run as the postgres user."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, _free_port()
-        self.data = root / "data"
-        self.bin = needs.postgres_bin()
-        shutil.chown(root, "postgres")
-        self._as_postgres(
-            self.bin / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres"
-        )
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _as_postgres(self, *argv: object) -> None:
-        cmd = ["runuser", "-u", "postgres", "--", *map(str, argv)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        log = self.root / "log"
-        self._as_postgres(
-            self.bin / "pg_ctl", "-D", self.data, "-o", options, "-l", log, "start", "-w"
-        )
-
-    def crash(self) -> None:
-        """Stop at once, as a crash would (no checkpoint); recovery replays the WAL."""
-        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "stop", "-m", "immediate", "-w")
-
-    def stop(self) -> None:
-        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "stop", "-m", "fast", "-w")
+def _private_postgres(root: Path) -> PrivatePostgres:
+    return PrivatePostgres(root, needs.postgres_bin())
 
 
 class PrivateMariaDB:
     """A mariadb-install-db'd data directory on its own port and socket."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.port = root, _free_port()
+        self.root, self.port = root, free_port()
         self.data = root / "data"
         install = needs.tool(
             "mariadb-install-db", env="SQUEAL_TEST_MARIADB_INSTALL_DB", package="mariadb-server"
@@ -134,7 +100,10 @@ class PrivateMariaDB:
             self._process.wait(timeout=60)
 
 
-SERVERS = {"postgresql": PrivatePostgres, "mysql": PrivateMariaDB}
+SERVERS: dict[str, Callable[[Path], PrivatePostgres | PrivateMariaDB]] = {
+    "postgresql": _private_postgres,
+    "mysql": PrivateMariaDB,
+}
 
 
 @pytest.fixture
