@@ -145,6 +145,9 @@ def _as_format(dialect: sa.Dialect) -> sa.Dialect:
     base = copy.copy(dialect)
     base.paramstyle = "format"
     base.positional = True
+    # A preparer of its own: it doubles literal percent signs for ``format`` (the original's,
+    # made for qmark, would leave a literal '%s' to be taken for a marker).
+    base.identifier_preparer = type(dialect.identifier_preparer)(base)
     return base
 
 

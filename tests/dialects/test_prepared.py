@@ -167,3 +167,33 @@ def test_an_unknown_paramstyle_is_refused_by_name() -> None:
     dialect.paramstyle = "mystery"
     with pytest.raises(NotImplementedError, match="mystery"):
         Prepared(sa.select(sa.bindparam("x")), dialect)
+
+
+@pytest.mark.dialects("sqlite")
+@pytest.mark.parametrize("paramstyle", ["numeric", "named"])
+def test_a_literal_percent_s_is_not_taken_for_a_marker(paramstyle: str) -> None:
+    """A literal '%s' in the statement's text is not a marker in the numbered styles.
+
+    (SQLAlchemy's SQLite compiler also writes '%s' itself, in EXTRACT(epoch): that case is not
+    handled yet; no SQLite driver uses these styles.)
+    """
+    engine = sa.create_engine("sqlite://", paramstyle=paramstyle)
+    try:
+        statement = sa.select(
+            sa.func.length(sa.bindparam("when", type_=sa.String())),
+            sa.literal_column("'%s %%s'"),
+            sa.literal_column("'100%'"),
+            sa.bindparam("n", type_=sa.Integer()),
+        )
+        sql, params = Prepared(statement, engine.dialect).bind(
+            {"when": "1970-01-02 00:00:00", "n": 7}
+        )
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(sql, _for_sqlite3(paramstyle, params))
+            assert tuple(cursor.fetchone()) == (19, "%s %%s", "100%", 7)
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
