@@ -38,16 +38,10 @@ def _say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def _hold_snapshot(engine: sa.Engine, table: str) -> sa.Connection:
-    """Another session with a snapshot it keeps until closed."""
+def _hold_snapshot(engine: sa.Engine, begin: str, table: str) -> sa.Connection:
+    """Another session with a snapshot it keeps until closed (``begin``: the bundle's SQL)."""
     holder = engine.connect()
-    name = engine.dialect.name
-    if name == "postgresql":
-        holder.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
-    elif name in ("mysql", "mariadb"):
-        holder.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-    else:  # SQLite in WAL mode: an open read transaction keeps checkpoints from finishing
-        holder.exec_driver_sql("BEGIN")
+    holder.exec_driver_sql(begin)
     holder.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
     return holder
 
@@ -72,7 +66,7 @@ def soak(
         for _ in range(BACKLOG // 500):
             queue.put_many([PAYLOAD] * 500, TOPIC)
         if hold_snapshot:
-            holder = _hold_snapshot(engine, tables.message.name)
+            holder = _hold_snapshot(engine, checks.snapshot_sql, tables.message.name)
         started = time.monotonic()
         end = started + minutes * 60
         window_start, done = started, 0

@@ -52,6 +52,8 @@ class Health:
     """The checks for one database; :meth:`findings` runs them on a connection."""
 
     label: ClassVar[str] = "database"
+    #: Opens a transaction whose snapshot holds back clean-up (``squeal bench --soak``).
+    snapshot_sql: ClassVar[str] = "BEGIN"
 
     def __init__(self, tables: Tables) -> None:
         self.tables = tables
@@ -96,6 +98,7 @@ class PostgreSQLHealth(Health):
     """Autovacuum, dead rows, the oldest snapshot on the server, table sizes."""
 
     label = "PostgreSQL"
+    snapshot_sql = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._autovacuum, self._dead_rows, self._oldest_snapshot]
@@ -192,6 +195,7 @@ class MySQLHealth(Health):
     """InnoDB's history list, the oldest transaction, table sizes."""
 
     label = "MySQL"
+    snapshot_sql = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
 
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._history_list, self._oldest_transaction, self._table_sizes]
@@ -288,6 +292,8 @@ class SQLiteHealth(Health):
     """The file's free pages and its write-ahead log."""
 
     label = "SQLite"
+    #: In WAL mode an open read transaction keeps checkpoints from finishing.
+    snapshot_sql = "BEGIN"
 
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._file]
