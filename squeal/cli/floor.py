@@ -125,37 +125,32 @@ class Pg8000(Raw):
         conn.notifications.clear()
 
 
-class PyMySQL(Raw):
+class _MySQLRaw(Raw):
+    """The MySQL-family drivers all connect with the same keywords."""
+
+    def connect(self, url: sa.URL) -> Any:
+        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
+
+
+class PyMySQL(_MySQLRaw):
     driver = "pymysql"
     module = "pymysql"
 
-    def connect(self, url: sa.URL) -> Any:
-        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
 
-
-class MySQLdb(Raw):
+class MySQLdb(_MySQLRaw):
     driver = "mysqldb"
     module = "MySQLdb"
 
-    def connect(self, url: sa.URL) -> Any:
-        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
 
-
-class MySQLConnector(Raw):
+class MySQLConnector(_MySQLRaw):
     driver = "mysqlconnector"
     module = "mysql.connector"
 
-    def connect(self, url: sa.URL) -> Any:
-        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
 
-
-class MariaDBConnector(Raw):
+class MariaDBConnector(_MySQLRaw):
     driver = "mariadbconnector"
     module = "mariadb"
     mark = "?"
-
-    def connect(self, url: sa.URL) -> Any:
-        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
 
 
 class Floor:
