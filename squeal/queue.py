@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from squeal import log
 from squeal import validation as check
 from squeal.admin import AdminStatements
+from squeal.claim_scope import ClaimScopes
 from squeal.dialects import health_for, locking_for, strategy_for, windows_for
+from squeal.dialects.base import ClaimedRow, ClaimScope, in_claim_order
 from squeal.dialects.dedup import SWEEP_EVERY
 from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
@@ -104,6 +106,7 @@ class Queue:
             self, self._session, locking_for(engine.dialect, self._tables, self._admin.ready)
         )
         self._settler = _Settlement(self)
+        self._scopes = ClaimScopes()
         self._waiter: Poller | None = None
         self._waiter_lock = threading.Lock()
         window = None if dedup_window is None else check.seconds(dedup_window, "dedup_window")
@@ -359,9 +362,11 @@ class Queue:
         """The validated columns every message of one put or put_many shares."""
         delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
         delay_ms = check.to_ms(delay_s)
+        topic, neg_priority = check.text(topic, "topic"), -check.priority(priority)
+        self._scopes.put(topic, neg_priority)
         return {
-            "topic": check.text(topic, "topic"),
-            "neg_priority": -check.priority(priority),
+            "topic": topic,
+            "neg_priority": neg_priority,
             "state": WAITING if delay_ms > 0 else READY,
             "delay_ms": delay_ms,
         }
@@ -432,16 +437,11 @@ class Queue:
 
     def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:
         token = secrets.randbits(63)
-        rows = self._session.claim(
-            lambda ex: self._strategy.claim(
-                ex,
-                topic=topic,
-                limit=limit,
-                vt_ms=vt_ms,
-                token=token,
-                max_attempts=self._max_attempts,
-            )
-        )
+        scope, rows = self._claim_in_scope(topic, limit, vt_ms, token)
+        if not scope.sweep and len(rows) < limit:
+            # Short without sweeping: sweep now for the rest (squeal.claim_scope).
+            _, more = self._claim_in_scope(topic, limit - len(rows), vt_ms, token)
+            rows = in_claim_order([*rows, *more])
         settler = self._settler
         messages = [
             Message(settler, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token)
@@ -449,6 +449,31 @@ class Queue:
         ]
         log.claimed(topic, messages)
         return messages
+
+    def _claim_in_scope(
+        self, topic: str, limit: int, vt_ms: int, token: int
+    ) -> tuple[ClaimScope, list[ClaimedRow]]:
+        """One claim, where this queue object's memory of the topic says to look."""
+        started = time.monotonic()
+        scope = self._scopes.scope(topic, started)
+        strategy = self._strategy
+
+        def claim(ex: Executor) -> tuple[int | None, list[ClaimedRow]]:
+            clock = int(ex.rows(strategy.clock, {})[0][0]) if scope.read_clock else None
+            rows = strategy.claim(
+                ex,
+                topic=topic,
+                limit=limit,
+                vt_ms=vt_ms,
+                token=token,
+                max_attempts=self._max_attempts,
+                scope=scope,
+            )
+            return clock, rows
+
+        clock, rows = self._session.claim(claim)
+        self._scopes.claimed(topic, scope, started=started, rows=rows, asked=limit, clock_ms=clock)
+        return scope, rows
 
     # -- settling -------------------------------------------------------------------------------
 
@@ -523,11 +548,15 @@ class Queue:
             }
             for m in messages
         ]
+        for topic in {m.topic for m in messages}:
+            self._scopes.reopen(topic)
         self._update_each(self._strategy.nack, params, messages, "nack")
         log.nacked(messages, params, self._max_attempts)
 
     def _release(self, messages: Sequence[Message]) -> None:
         params = [{"msg_id": m.id, "token": m.lease_token} for m in messages]
+        for topic in {m.topic for m in messages}:
+            self._scopes.reopen(topic)
         self._update_each(self._strategy.release, params, messages, "release")
         log.settled("release", messages)
 
@@ -656,6 +685,7 @@ class Queue:
                 return len(ids)
 
             moved = self._session.write(redrive, None, atomic=True)
+            self._scopes.reopen(topic)
             total += moved
             if moved < step:
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from operator import itemgetter
 from typing import Any, ClassVar, cast
@@ -22,6 +23,28 @@ from squeal.server import Server
 ClaimedRow = tuple[int, bytes, int, int, int]
 #: Claim order of ClaimedRows: priority, then id.
 _CLAIM_ORDER = itemgetter(2, 0)
+#: A claim key: (neg_priority, id), the claim index's order.
+Key = tuple[int, int]
+#: Bound in place of "no bound": below every claim key and every time squeal stores.
+_LOWEST = -(2**62)
+
+
+@dataclass(frozen=True)
+class ClaimScope:
+    """Where one claim looks (squeal.claim_scope decides)."""
+
+    #: Whether the claim also promotes due messages (and walks the ready ones from the start).
+    sweep: bool
+    #: Ready messages: only those whose claim key is greater than this (None: all).
+    after: Key | None
+    #: Due messages: only those due at or after this database time in ms (None: all).
+    due_since: int | None
+    #: Whether the claim reads the database's clock first (for a later sweep's ``due_since``).
+    read_clock: bool
+
+
+#: A claim that looks everywhere.
+EVERYWHERE = ClaimScope(sweep=True, after=None, due_since=None, read_clock=True)
 
 
 def in_claim_order(rows: Sequence[Sequence[Any]]) -> list[ClaimedRow]:
@@ -44,6 +67,13 @@ def ids_in_order(keys: Sequence[str | None], returned: Sequence[Sequence[Any]]) 
     by_key = {text_value(key): id_ for id_, key in returned if key is not None}
     plain = iter(sorted(id_ for id_, key in returned if key is None))
     return [by_key.get(key) if key is not None else next(plain) for key in keys]
+
+
+def scope_params(scope: ClaimScope) -> dict[str, int]:
+    """The bounds a claim's statements bind for ``scope`` (the lowest values for none)."""
+    after_p, after_id = scope.after or (_LOWEST, _LOWEST)
+    due_since = _LOWEST if scope.due_since is None else scope.due_since
+    return {"after_p": after_p, "after_id": after_id, "due_since": due_since}
 
 
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
@@ -117,7 +147,11 @@ class Strategy:
         # Only WAITING rows have a visible_at, so this range of the due index is exactly the
         # rows whose delay, backoff or lease has run out. (A state test here would let the
         # planner prefer the claim index and filter every leased row.)
-        due = sa.and_(m.c.topic == _param("in_topic"), m.c.visible_at <= now)
+        due = sa.and_(
+            m.c.topic == _param("in_topic"),
+            m.c.visible_at <= now,
+            m.c.visible_at >= _param("due_since", sa.BigInteger()),
+        )
         # Every due row is promoted (or leased) by the claim that finds it, not just ``limit``
         # of them: a due row left WAITING could outrank the READY row the claim returns. Each
         # row is promoted once per wait, so the work stays O(1) per message overall; a claim
@@ -125,7 +159,7 @@ class Strategy:
         self.due_ids = sa.select(m.c.id).where(due).order_by(m.c.visible_at)
         self.ready_ids = (
             sa.select(m.c.id)
-            .where(m.c.topic == _param("in_topic"), in_state(m.c.state, READY))
+            .where(m.c.topic == _param("in_topic"), in_state(m.c.state, READY), self.after_floor(m))
             .order_by(m.c.neg_priority, m.c.id)
             .limit(_param("limit"))
         )
@@ -135,6 +169,8 @@ class Strategy:
             "lease_token": _param("token"),
             "attempts": m.c.attempts + 1,
         }
+        #: The database's clock, read before a sweep (squeal.claim_scope).
+        self.clock = sa.select(now)
         self.claimed_columns = (
             m.c.id,
             m.c.payload,
@@ -144,6 +180,12 @@ class Strategy:
         )
 
     # -- what subclasses specialise -------------------------------------------------------------
+
+    def after_floor(self, m: sa.Table) -> sa.ColumnElement[bool]:
+        """``(neg_priority, id) > (:after_p, :after_id)``, which the claim index can seek to."""
+        return sa.tuple_(m.c.neg_priority, m.c.id) > sa.tuple_(
+            _param("after_p", sa.BigInteger()), _param("after_id", sa.BigInteger())
+        )
 
     #: Starts a transaction on one of squeal's autocommit connections.
     begin_sql: ClassVar[str] = "BEGIN"
@@ -198,14 +240,18 @@ class Strategy:
         vt_ms: int,
         token: int,
         max_attempts: int,
+        scope: ClaimScope = EVERYWHERE,
     ) -> list[ClaimedRow]:
         """Lease up to ``limit`` ready messages of ``topic``, best priority first.
 
-        The default is two statements in one write transaction: promote the due WAITING rows
-        (delay over, backoff over, lease expired), then lease READY rows in index order.
+        In a sweeping ``scope`` the due WAITING rows (delay over, backoff over, lease expired)
+        are promoted first and compete with the READY rows; otherwise only READY rows after
+        the scope's floor are looked at (squeal.claim_scope). The default is two statements in
+        one write transaction: promote the due rows, then lease READY rows in index order.
         """
-        params = {"in_topic": topic, "limit": limit, "max_attempts": max_attempts}
-        ex.count(self._promote, params)
+        params = {"in_topic": topic, "limit": limit, **scope_params(scope)}
+        if scope.sweep:
+            ex.count(self._promote, {**params, "max_attempts": max_attempts})
         params.update(vt_ms=vt_ms, token=token)
         return in_claim_order(ex.rows(self._lease_ready, params))
 
@@ -340,11 +386,15 @@ class Strategy:
 
 
 __all__ = [
+    "EVERYWHERE",
+    "ClaimScope",
     "ClaimedRow",
+    "Key",
     "Strategy",
     "dead_on_expiry",
     "ids_in_order",
     "in_claim_order",
     "promoted",
     "promoted_state",
+    "scope_params",
 ]

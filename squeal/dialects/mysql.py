@@ -13,11 +13,14 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import (
+    EVERYWHERE,
     LOCK_TIMEOUT_SECONDS,
     ClaimedRow,
+    ClaimScope,
     Strategy,
     dead_on_expiry,
     promoted,
+    scope_params,
 )
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import MySQLWindows
@@ -148,9 +151,13 @@ class MySQLStrategy(Strategy):
         vt_ms: int,
         token: int,
         max_attempts: int,
+        scope: ClaimScope = EVERYWHERE,
     ) -> list[ClaimedRow]:
-        params = {"in_topic": topic, "limit": limit, "max_attempts": max_attempts}
-        locked = [_Candidate(*row) for row in ex.rows(self._candidates, params)]
+        params = {"in_topic": topic, "limit": limit, **scope_params(scope)}
+        if scope.sweep:
+            params["max_attempts"] = max_attempts
+        candidates = self._candidates if scope.sweep else self._ready_candidates
+        locked = [_Candidate(*row) for row in ex.rows(candidates, params)]
         live = [row for row in locked if not row.dies]
         live.sort(key=lambda r: (r.neg_priority, r.id))
         picked = live[:limit]
@@ -162,23 +169,46 @@ class MySQLStrategy(Strategy):
             ex.count(self._promote_ids, {"ids": promote, "max_attempts": max_attempts})
         return [(r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at) for r in picked]
 
+    def after_floor(self, m: sa.Table) -> sa.ColumnElement[bool]:
+        """The floor spelled out: InnoDB ranges an OR of key prefixes, not a row comparison."""
+        after_p = sa.bindparam("after_p", type_=sa.BigInteger())
+        return sa.or_(
+            m.c.neg_priority > after_p,
+            sa.and_(
+                m.c.neg_priority == after_p,
+                m.c.id > sa.bindparam("after_id", type_=sa.BigInteger()),
+            ),
+        )
+
     @cached_property
     def _candidates(self) -> sa.CompoundSelect[Any]:
         """Ready rows in claim order plus due waiting rows, all locked, in one round trip."""
         m = self.m
-        columns = (m.c.id, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at)
-        ready = self.ready_ids.with_only_columns(
-            *columns, sa.literal(False).label("due"), sa.literal(False).label("dies")
-        )
         due = self.due_ids.with_only_columns(
-            *columns, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
+            *self._candidate_columns, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
         )
         # InnoDB's optimizer, seeing that most rows match, picks a full scan plus filesort, which
         # also locks every row it sorts; each branch must walk its own index in order.
         return sa.union_all(
-            _force_index(ready, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True),
+            self._ready_candidates,
             _force_index(due, m, f"{m.name}_due_ix").with_for_update(skip_locked=True),
         )
+
+    @cached_property
+    def _ready_candidates(self) -> sa.Select[Any]:
+        """Ready rows in claim order, locked (a claim that does not sweep due rows)."""
+        m = self.m
+        ready = self.ready_ids.with_only_columns(
+            *self._candidate_columns,
+            sa.literal(False).label("due"),
+            sa.literal(False).label("dies"),
+        )
+        return _force_index(ready, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True)
+
+    @property
+    def _candidate_columns(self) -> tuple[sa.ColumnElement[Any], ...]:
+        m = self.m
+        return (m.c.id, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at)
 
     @cached_property
     def _lease(self) -> sa.Update:

@@ -13,13 +13,16 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.clock import now_ms
 from squeal.dialects.base import (
+    EVERYWHERE,
     LOCK_TIMEOUT_SECONDS,
     ClaimedRow,
+    ClaimScope,
     Strategy,
     dead_on_expiry,
     ids_in_order,
     in_claim_order,
     promoted,
+    scope_params,
 )
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import PostgreSQLWindows
@@ -178,15 +181,26 @@ class PostgreSQLStrategy(Strategy):
         vt_ms: int,
         token: int,
         max_attempts: int,
+        scope: ClaimScope = EVERYWHERE,
     ) -> list[ClaimedRow]:
-        params = {
-            "in_topic": topic,
-            "limit": limit,
-            "vt_ms": vt_ms,
-            "token": token,
-            "max_attempts": max_attempts,
-        }
+        params = {"in_topic": topic, "limit": limit, "vt_ms": vt_ms, "token": token}
+        params.update(scope_params(scope))
+        if not scope.sweep:
+            return in_claim_order(ex.rows(self._claim_ready, params))
+        params["max_attempts"] = max_attempts
         return in_claim_order(ex.rows(self._claim, params))
+
+    @cached_property
+    def _claim_ready(self) -> sa.Update:
+        """Lease the best ready rows, skipping locked ones (a claim that does not sweep)."""
+        m = self.m
+        ready = self.ready_ids.with_for_update(skip_locked=True)
+        return (
+            sa.update(m)
+            .where(m.c.id == _array_of(ready))
+            .values(self.take_lease)
+            .returning(*self.claimed_columns)
+        )
 
     @cached_property
     def _claim(self) -> sa.Update:

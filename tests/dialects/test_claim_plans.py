@@ -2,7 +2,8 @@
 
 A plan that sorts the topic's backlog (or locks every row it sorts, on InnoDB) makes each claim
 cost grow with the backlog. These tests read the database's own plan for the exact SQL a claim
-sends, with leased messages ahead of the ready ones in priority order.
+sends, with leased messages ahead of the ready ones in priority order: a sweep (which also walks
+the due index) and a claim from the queue object's floor (squeal.claim_scope).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from squeal import Queue
+from squeal import Queue, claim_scope
 from squeal.executor import add_statement_listener, remove_statement_listener
 
 BACKLOG = 5_000
@@ -28,18 +29,29 @@ def backlog_queue(queue: Queue) -> Queue:
     return queue
 
 
-def _claim_statements(queue: Queue) -> list[tuple[str, Any]]:
-    """The statements (with their parameters) that one get() sends."""
+@pytest.fixture(params=["sweep", "floor"])
+def scope(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which claim: a fresh queue object's first (a sweep), or one from the floor."""
+    if request.param == "floor":
+        monkeypatch.setattr(claim_scope, "SWEEP_SECONDS", 3600.0)
+    return str(request.param)
+
+
+def _claim_statements(queue: Queue, scope: str) -> list[tuple[str, Any]]:
+    """The statements (with their parameters) that one get() sends in ``scope``."""
     sent: list[tuple[str, Any]] = []
+    claimer = queue if scope == "floor" else Queue(queue.engine, prefix=queue.prefix)
 
     def capture(statement: str, parameters: Any) -> None:
         sent.append((statement, tuple(parameters) if isinstance(parameters, list) else parameters))
 
     add_statement_listener(capture)
     try:
-        assert queue.get("jobs") is not None
+        assert claimer.get("jobs") is not None
     finally:
         remove_statement_listener(capture)
+        if claimer is not queue:
+            claimer.close()
     return sent
 
 
@@ -52,15 +64,16 @@ def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @pytest.mark.dialects("postgresql")
 @pytest.mark.parametrize("analysed", [False, True], ids=["fresh", "analysed"])
 def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
-    backlog_queue: Queue, analysed: bool
+    backlog_queue: Queue, analysed: bool, scope: str
 ) -> None:
     table = f"{backlog_queue.prefix}_message"
     if analysed:
         with backlog_queue.engine.connect() as conn:
             conn.exec_driver_sql(f"ANALYZE {table}")
             conn.commit()
+    first = "WITH" if scope == "sweep" else "UPDATE"
     (statement, params), *_ = [
-        s for s in _claim_statements(backlog_queue) if s[0].lstrip().startswith("WITH")
+        s for s in _claim_statements(backlog_queue, scope) if s[0].lstrip().startswith(first)
     ]
     with backlog_queue.engine.connect() as conn:
         for _ in range(8):  # past psycopg's prepare threshold, so generic plans count too
@@ -74,34 +87,46 @@ def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
     ]
     by_index = {n.get("Index Name") for n in scans}
     assert f"{table}_claim_ix" in by_index, by_index
-    assert f"{table}_due_ix" in by_index, by_index
+    assert (f"{table}_due_ix" in by_index) == (scope == "sweep"), by_index
     for node in scans:
         assert node["Node Type"] != "Seq Scan", node
         assert node["Actual Rows"] <= 1, node
     claim_scan = next(n for n in scans if n.get("Index Name") == f"{table}_claim_ix")
     assert claim_scan["Node Type"] == "Index Scan"
+    # The floor is where the walk starts (an index condition), not a filter on what it reads.
+    assert "ROW(neg_priority, id) >" in claim_scan["Index Cond"], claim_scan
     big_sorts = [n for n in nodes if n["Node Type"] == "Sort" and n.get("Actual Rows", 0) > 2]
     assert not big_sorts, big_sorts
 
 
 @pytest.mark.dialects("mysql")
-def test_mysql_claim_locks_in_index_order_without_filesort(backlog_queue: Queue) -> None:
+def test_mysql_claim_locks_in_index_order_without_filesort(
+    backlog_queue: Queue, scope: str
+) -> None:
+    first = "(SELECT" if scope == "sweep" else "SELECT"
     (statement, params), *_ = [
-        s for s in _claim_statements(backlog_queue) if s[0].lstrip().startswith("(SELECT")
+        s for s in _claim_statements(backlog_queue, scope) if s[0].lstrip().startswith(first)
     ]
     with backlog_queue.engine.connect() as conn:
         rows = conn.exec_driver_sql("EXPLAIN " + statement, params).mappings().all()
         conn.rollback()
     table = f"{backlog_queue.prefix}_message"
     used = [row["key"] for row in rows if row["table"] == table]
-    assert used == [f"{table}_claim_ix", f"{table}_due_ix"], rows
+    due = [f"{table}_due_ix"] if scope == "sweep" else []
+    assert used == [f"{table}_claim_ix", *due], rows
     assert not any("filesort" in (row["Extra"] or "") for row in rows), rows
+    # Both walks are index ranges: the floor (and the sweep's bound) start them, not filter them.
+    assert all(row["type"] == "range" for row in rows if row["table"] == table), rows
 
 
 @pytest.mark.dialects("sqlite")
-def test_sqlite_claim_walks_the_claim_index_without_a_temp_sort(backlog_queue: Queue) -> None:
+def test_sqlite_claim_walks_the_claim_index_without_a_temp_sort(
+    backlog_queue: Queue, scope: str
+) -> None:
     table = f"{backlog_queue.prefix}_message"
-    statements = [s for s in _claim_statements(backlog_queue) if s[0].lstrip().startswith("UPDATE")]
+    statements = [
+        s for s in _claim_statements(backlog_queue, scope) if s[0].lstrip().startswith("UPDATE")
+    ]
     with backlog_queue.engine.connect() as conn:
         plans = [
             " | ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + s, p))
@@ -109,5 +134,5 @@ def test_sqlite_claim_walks_the_claim_index_without_a_temp_sort(backlog_queue: Q
         ]
         conn.rollback()
     assert any(f"{table}_claim_ix" in plan for plan in plans), plans
-    assert any(f"{table}_due_ix" in plan for plan in plans), plans
+    assert any(f"{table}_due_ix" in plan for plan in plans) == (scope == "sweep"), plans
     assert not any("TEMP B-TREE" in plan for plan in plans), plans

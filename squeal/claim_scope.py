@@ -1,0 +1,140 @@
+"""Where a claim looks: the ready messages after a floor, and the due messages since a time.
+
+Every message a queue delivers is deleted, and every claim moves a row from the ready part of
+the claim index to the waiting part. The database leaves the old index entries behind until
+its clean-up (PostgreSQL's VACUUM, InnoDB's purge) removes them, and a clean-up that is behind,
+or blocked by a snapshot another session holds, leaves them for minutes or hours. They pile up
+exactly where a claim starts walking: before the first ready message (claimed rows) and before
+now in the due index (acked rows, at the end of their lease). A claim that walked them every
+time slowed down as they piled up (measured on PostgreSQL at its defaults: 0.47 of the first
+window's rate after a minute; with a snapshot held, 0.15 after two minutes).
+
+So a queue object remembers, per topic:
+
+- the **floor**: the claim key (priority, id) of the last message its last claim took. Its
+  next claim starts the ready walk after it, past the entries its own claims left behind.
+  Rows that become ready below the floor (a release, a message put with a higher priority,
+  or a claim of another consumer that rolled back) are found by the next *sweep*; those this
+  queue object releases, nacks or puts itself make its next claim sweep at once.
+- the **sweeps**: a sweep looks at the due messages (delay, backoff or lease over) and walks the
+  ready messages from the start. A claim sweeps when the queue object has not swept the topic
+  for :data:`SWEEP_SECONDS`, when its last claim came back short (fewer messages than asked
+  for: a topic without a backlog sees due messages as soon as they are due), and for the rest
+  of a claim that did not sweep and came back short.
+- **since when** it swept: a sweep reads the database's clock, and the next one walks the due
+  index only from that time less :data:`SINCE_MARGIN_SECONDS`, which covers squeal's own
+  statements that committed late (they wait at most LOCK_TIMEOUT_SECONDS for a lock). Every
+  :data:`FULL_SWEEP_SECONDS` a sweep walks the whole due index, for a delayed message put in a
+  transaction that stayed open longer than its delay plus the margin.
+
+On a topic with a backlog, messages that fall due or become ready out of order therefore join
+the claim order within :data:`SWEEP_SECONDS` (within FULL_SWEEP_SECONDS in the late-commit
+case); on a topic without one, at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from squeal.dialects.base import LOCK_TIMEOUT_SECONDS, ClaimedRow, ClaimScope, Key
+
+#: The longest a queue object claims from a topic without sweeping it.
+SWEEP_SECONDS = 1.0
+#: How often a sweep walks the whole due index (see the module's docstring).
+FULL_SWEEP_SECONDS = 60.0
+#: How far before the last sweep's clock reading the next sweep starts its due walk.
+SINCE_MARGIN_SECONDS = 2.0 * LOCK_TIMEOUT_SECONDS
+#: Topics remembered per queue object; beyond that the memory starts afresh (a sweep each).
+_MAX_TOPICS = 10_000
+
+
+@dataclass
+class _Topic:
+    after: Key | None = None
+    must_sweep: bool = False
+    clock_read_at: float | None = None  # monotonic time of the last sweep that read the clock
+    full_at: float | None = None  # monotonic time of the last sweep of the whole due index
+    since_ms: int | None = None
+
+
+_FIRST = ClaimScope(sweep=True, after=None, due_since=None, read_clock=True)
+
+
+class ClaimScopes:
+    """What one queue object remembers about its claims, per topic (see the module)."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, _Topic] = {}
+        self._lock = threading.Lock()
+
+    def scope(self, topic: str, now: float) -> ClaimScope:
+        """Where a claim on ``topic`` starting at ``now`` (monotonic) looks."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None:
+                return _FIRST
+            full = t.full_at is None or now - t.full_at >= FULL_SWEEP_SECONDS
+            timed = t.clock_read_at is None or now - t.clock_read_at >= SWEEP_SECONDS
+            sweep = t.must_sweep or timed or full
+            return ClaimScope(
+                sweep=sweep,
+                after=None if sweep else t.after,
+                due_since=None if full else t.since_ms,
+                read_clock=timed or full,
+            )
+
+    def claimed(
+        self,
+        topic: str,
+        scope: ClaimScope,
+        *,
+        started: float,
+        rows: Sequence[ClaimedRow],
+        asked: int,
+        clock_ms: int | None,
+    ) -> None:
+        """A claim in ``scope`` that started at ``started`` took ``rows`` of ``asked``; the
+        database's clock read before it (None if not read)."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None:
+                if len(self._topics) >= _MAX_TOPICS:
+                    self._topics.clear()
+                t = self._topics[topic] = _Topic()
+            if scope.read_clock and clock_ms is not None:
+                t.clock_read_at = started
+                t.since_ms = clock_ms - round(SINCE_MARGIN_SECONDS * 1000)
+                if scope.due_since is None:
+                    t.full_at = started
+            if len(rows) < asked:
+                t.must_sweep, t.after = True, None
+                return
+            if scope.sweep:
+                t.must_sweep = False
+            t.after = max((row[2], row[0]) for row in rows)
+
+    def reopen(self, topic: str) -> None:
+        """This queue object made a message of ``topic`` ready or due out of order (release,
+        nack): its next claim sweeps."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is not None:
+                t.must_sweep, t.after = True, None
+
+    def put(self, topic: str, neg_priority: int) -> None:
+        """This queue object put messages of ``neg_priority``: a claim key below the floor
+        reopens the topic."""
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is not None and t.after is not None and neg_priority < t.after[0]:
+                t.must_sweep, t.after = True, None
+
+
+__all__ = [
+    "FULL_SWEEP_SECONDS",
+    "SINCE_MARGIN_SECONDS",
+    "SWEEP_SECONDS",
+    "ClaimScopes",
+]
