@@ -63,7 +63,9 @@ class AdminStatements:
         self.redrive = (
             sa.update(m)
             .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
-            .values(state=READY, attempts=0, lease_token=None, visible_at=None)
+            # Due now, not READY: their old claim keys lie below the queue objects' floors, and
+            # sweeps find them in the due index (squeal.claim_scope).
+            .values(state=WAITING, attempts=0, lease_token=None, visible_at=now)
         )
         self.purge_all = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"))
         self.purge_dead = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"), self.dead)

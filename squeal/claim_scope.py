@@ -13,23 +13,29 @@ So a queue object remembers, per topic:
 
 - the **floor**: the claim key (priority, id) of the last message its last claim took. Its
   next claim starts the ready walk after it, past the entries its own claims left behind.
-  Rows that become ready below the floor (a release, a message put with a higher priority,
-  or a claim of another consumer that rolled back) are found by the next *sweep*; those this
-  queue object releases, nacks or puts itself make its next claim sweep at once.
-- the **sweeps**: a sweep looks at the due messages (delay, backoff or lease over) and walks the
-  ready messages from the start. A claim sweeps when the queue object has not swept the topic
-  for :data:`SWEEP_SECONDS`, when its last claim came back short (fewer messages than asked
-  for: a topic without a backlog sees due messages as soon as they are due), and for the rest
-  of a claim that did not sweep and came back short.
+- the **sweeps**: a sweep also looks at the due messages (delay, backoff or lease over, and
+  messages released or redriven: those become due at once rather than ready, since their old
+  claim keys lie below the floors of other queue objects) and at ready messages of a higher
+  priority than the floor's (put by someone else since). A claim sweeps when the queue object
+  has not swept the topic for :data:`SWEEP_SECONDS`, when its last claim came back short
+  (fewer messages than asked for: a topic without a backlog sees due messages as soon as they
+  are due), for the rest of a claim that did not sweep and came back short, and next after
+  this queue object released, nacked or redrove a message of the topic or put one above its
+  floor.
 - **since when** it swept: a sweep reads the database's clock, and the next one walks the due
   index only from that time less :data:`SINCE_MARGIN_SECONDS`, which covers squeal's own
-  statements that committed late (they wait at most LOCK_TIMEOUT_SECONDS for a lock). Every
-  :data:`FULL_SWEEP_SECONDS` a sweep walks the whole due index, for a delayed message put in a
-  transaction that stayed open longer than its delay plus the margin.
+  statements that committed late (they wait at most LOCK_TIMEOUT_SECONDS for a lock).
 
-On a topic with a backlog, messages that fall due or become ready out of order therefore join
-the claim order within :data:`SWEEP_SECONDS` (within FULL_SWEEP_SECONDS in the late-commit
-case); on a topic without one, at once.
+Every :data:`FULL_SWEEP_SECONDS` a sweep walks both indexes from the start, whatever they hold,
+for what no bound above covers: a delayed message put in a transaction that stayed open longer
+than its delay plus the margin, a message another consumer's claim skipped and then rolled
+back, a message put at the floor's priority in a transaction that committed after later ids,
+and due messages another queue object promoted but did not take (its own next claims take
+them at once).
+
+On a topic with a backlog, messages that fall due or become ready out of order through someone
+else therefore join the claim order within :data:`SWEEP_SECONDS` (the rare cases above within
+FULL_SWEEP_SECONDS); on a topic without one, and for what the queue object did itself, at once.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class ClaimScopes:
             sweep = t.must_sweep or timed or full
             return ClaimScope(
                 sweep=sweep,
-                after=None if sweep else t.after,
+                after=None if full else t.after,
                 due_since=None if full else t.since_ms,
                 read_clock=timed or full,
             )
@@ -108,20 +114,20 @@ class ClaimScopes:
                 t.since_ms = clock_ms - round(SINCE_MARGIN_SECONDS * 1000)
                 if scope.due_since is None:
                     t.full_at = started
-            if len(rows) < asked:
-                t.must_sweep, t.after = True, None
-                return
             if scope.sweep:
                 t.must_sweep = False
-            t.after = max((row[2], row[0]) for row in rows)
+            if rows:
+                t.after = max((row[2], row[0]) for row in rows)
+            if len(rows) < asked:
+                t.must_sweep = True
 
     def reopen(self, topic: str) -> None:
-        """This queue object made a message of ``topic`` ready or due out of order (release,
-        nack): its next claim sweeps."""
+        """This queue object made a message of ``topic`` due out of order (release, nack,
+        redrive): its next claim sweeps."""
         with self._lock:
             t = self._topics.get(topic)
             if t is not None:
-                t.must_sweep, t.after = True, None
+                t.must_sweep = True
 
     def put(self, topic: str, neg_priority: int) -> None:
         """This queue object put messages of ``neg_priority``: a claim key below the floor
@@ -129,7 +135,7 @@ class ClaimScopes:
         with self._lock:
             t = self._topics.get(topic)
             if t is not None and t.after is not None and neg_priority < t.after[0]:
-                t.must_sweep, t.after = True, None
+                t.must_sweep = True
 
 
 __all__ = [

@@ -33,9 +33,11 @@ _LOWEST = -(2**62)
 class ClaimScope:
     """Where one claim looks (squeal.claim_scope decides)."""
 
-    #: Whether the claim also promotes due messages (and walks the ready ones from the start).
+    #: Whether the claim also promotes due messages and looks at ready ones of a higher
+    #: priority than the floor's.
     sweep: bool
-    #: Ready messages: only those whose claim key is greater than this (None: all).
+    #: Ready messages: only those whose claim key is greater than this (None: all); in a sweep,
+    #: also those of a higher priority than this key's.
     after: Key | None
     #: Due messages: only those due at or after this database time in ms (None: all).
     due_since: int | None
@@ -136,7 +138,9 @@ class Strategy:
         self.release = (
             sa.update(m)
             .where(lease, sa.not_(in_state(m.c.state, DEAD)))
-            .values(state=READY, visible_at=None, lease_token=None, attempts=m.c.attempts - 1)
+            # Due now, not READY: a released message has an old claim key, below the floors of
+            # other queue objects; their sweeps find it in the due index (squeal.claim_scope).
+            .values(state=WAITING, visible_at=now, lease_token=None, attempts=m.c.attempts - 1)
         )
         self.touch = (
             sa.update(m)
@@ -180,6 +184,21 @@ class Strategy:
         )
 
     # -- what subclasses specialise -------------------------------------------------------------
+
+    @cached_property
+    def higher_ids(self) -> sa.Select[Any]:
+        """Ready rows of a higher priority than the floor's, in claim order (a sweep's)."""
+        m = self.m
+        return (
+            sa.select(m.c.id)
+            .where(
+                m.c.topic == _param("in_topic"),
+                in_state(m.c.state, READY),
+                m.c.neg_priority < _param("after_p", sa.BigInteger()),
+            )
+            .order_by(m.c.neg_priority, m.c.id)
+            .limit(_param("limit"))
+        )
 
     def after_floor(self, m: sa.Table) -> sa.ColumnElement[bool]:
         """``(neg_priority, id) > (:after_p, :after_id)``, which the claim index can seek to."""
@@ -251,6 +270,8 @@ class Strategy:
         """
         params = {"in_topic": topic, "limit": limit, **scope_params(scope)}
         if scope.sweep:
+            # SQLite keeps no dead index entries, so a sweep simply walks every ready row.
+            params.update(scope_params(EVERYWHERE))
             ex.count(self._promote, {**params, "max_attempts": max_attempts})
         params.update(vt_ms=vt_ms, token=token)
         return in_claim_order(ex.rows(self._lease_ready, params))

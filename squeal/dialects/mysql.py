@@ -70,6 +70,10 @@ def _force_index(select: sa.Select[Any], table: sa.Table, index: str) -> sa.Sele
     return select.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
 
 
+#: The (due, dies) columns of a ready candidate.
+_READY_FLAGS = (sa.literal(False).label("due"), sa.literal(False).label("dies"))
+
+
 class MySQLStrategy(Strategy):
     """Claims in one READ COMMITTED transaction: SELECT ... SKIP LOCKED, then UPDATE by id.
 
@@ -182,15 +186,18 @@ class MySQLStrategy(Strategy):
 
     @cached_property
     def _candidates(self) -> sa.CompoundSelect[Any]:
-        """Ready rows in claim order plus due waiting rows, all locked, in one round trip."""
+        """Ready rows in claim order from the floor and of a higher priority, plus due waiting
+        rows, all locked, in one round trip."""
         m = self.m
         due = self.due_ids.with_only_columns(
             *self._candidate_columns, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
         )
         # InnoDB's optimizer, seeing that most rows match, picks a full scan plus filesort, which
         # also locks every row it sorts; each branch must walk its own index in order.
+        higher = self.higher_ids.with_only_columns(*self._candidate_columns, *_READY_FLAGS)
         return sa.union_all(
             self._ready_candidates,
+            _force_index(higher, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True),
             _force_index(due, m, f"{m.name}_due_ix").with_for_update(skip_locked=True),
         )
 
@@ -198,11 +205,7 @@ class MySQLStrategy(Strategy):
     def _ready_candidates(self) -> sa.Select[Any]:
         """Ready rows in claim order, locked (a claim that does not sweep due rows)."""
         m = self.m
-        ready = self.ready_ids.with_only_columns(
-            *self._candidate_columns,
-            sa.literal(False).label("due"),
-            sa.literal(False).label("dies"),
-        )
+        ready = self.ready_ids.with_only_columns(*self._candidate_columns, *_READY_FLAGS)
         return _force_index(ready, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True)
 
     @property

@@ -214,6 +214,9 @@ class PostgreSQLStrategy(Strategy):
         m = self.m
         ready = self.ready_ids.add_columns(m.c.neg_priority).with_for_update(skip_locked=True)
         ready_cte = ready.cte("ready")
+        higher = (
+            self.higher_ids.add_columns(m.c.neg_priority).with_for_update(skip_locked=True)
+        ).cte("higher")
         due = (
             self.due_ids.add_columns(m.c.neg_priority, dead_on_expiry(m).label("dies"))
             .with_for_update(skip_locked=True)
@@ -221,6 +224,7 @@ class PostgreSQLStrategy(Strategy):
         )
         candidates = sa.union_all(
             sa.select(ready_cte.c.id, ready_cte.c.neg_priority),
+            sa.select(higher.c.id, higher.c.neg_priority),
             sa.select(due.c.id, due.c.neg_priority).where(sa.not_(due.c.dies)),
         ).subquery("candidates")
         pick = (

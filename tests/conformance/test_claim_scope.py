@@ -122,3 +122,15 @@ def test_a_delayed_put_that_commits_late_joins_within_the_full_sweep_interval(
         time.sleep(0.3)
         _claim(q)  # a sweep after the late message's due time: later ones walk from here
     _claims_until(q, b"late")
+
+
+def test_a_redrive_by_another_queue_object_joins_within_the_sweep_interval(
+    make_queue: Callable[..., Queue],
+) -> None:
+    consumer, operator = make_queue(), make_queue(max_attempts=1)
+    operator.put(b"doomed", "t")
+    _claim(operator).nack(delay=0)  # its last attempt: dead
+    _busy(consumer)  # its floor is now after the dead message
+    assert operator.redrive("t") == 1
+    assert consumer.stats()["t"].ready == BACKLOG - 1 + 1
+    _claims_until(consumer, b"doomed")

@@ -4,6 +4,11 @@ After every step the per-topic ready/delayed/leased/dead counts of ``Queue.stats
 model's, and every ``get`` must return the message the model says is next (highest priority, then
 lowest id). Each example uses topics of its own, so examples on one queue never see each other.
 The queue has unlimited attempts: nothing ever dies, so ``dead`` must stay 0.
+
+Claims sweep due messages at least every ``squeal.claim_scope.SWEEP_SECONDS``; here that is
+patched below the expiry rule's sleep less its lease, so when the rule has slept, the lapsed
+lease is both due and swept by the next claim and the model's exact order holds. Every other
+step runs claims from the queue object's floor (squeal.claim_scope).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from squeal import LeaseLost, Message, Queue
+from squeal import LeaseLost, Message, Queue, claim_scope
 from squeal.message import TopicStats
 
 #: Lease of ordinary claims: far longer than any example runs, so no lease expires by accident.
@@ -232,7 +237,8 @@ def _machine(q: Queue) -> type[RuleBasedStateMachine]:
 
 
 def test_queue_matches_an_in_memory_model_under_random_operations(
-    make_queue: Callable[..., Queue],
+    make_queue: Callable[..., Queue], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(claim_scope, "SWEEP_SECONDS", EXPIRY_SLEEP - SHORT_VT - 0.05)
     q = make_queue(visibility_timeout=LONG_VT, max_attempts=None)
     run_state_machine_as_test(_machine(q), settings=SETTINGS)
