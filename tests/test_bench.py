@@ -152,6 +152,17 @@ def test_soak_reports_the_rate_and_the_tables_state_per_window(
     assert left == []
 
 
+def test_soak_of_a_worker_counts_the_messages_it_handled(db_url: str, tmp_path: Path) -> None:
+    stdout, document = _bench(
+        tmp_path, "--soak", "0.05", "--window", "1", "--shape", "worker", "--url", db_url
+    )
+    (result,) = document["soak"]
+    assert result["shape"] == "worker"
+    assert len(result["windows"]) >= 2
+    assert all(window["rate"] > 0 for window in result["windows"])
+    assert "worker mix" in stdout
+
+
 @pytest.mark.dialects("postgresql")
 def test_soak_on_a_private_postgresql_at_its_defaults(tmp_path: Path) -> None:
     """--private-postgresql starts a server of its own (autovacuum on, as shipped), stops it."""

@@ -809,6 +809,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep a snapshot open in another session during the soak",
     )
+    soak.add_argument(
+        "--shape",
+        choices=("batch", "worker"),
+        default="batch",
+        help="the soak's workload: one client cycling batches (default), or a Worker of 4 "
+        "handlers fed by a producer",
+    )
 
 
 def _urls(args: argparse.Namespace, scratch: Path) -> list[sa.URL]:

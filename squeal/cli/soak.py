@@ -9,8 +9,11 @@ MariaDB/MySQL: InnoDB's history list, table and index size; SQLite: file, free p
 a report query, a backup or an idle-in-transaction session of the application would.
 ``--private-postgresql`` also soaks a private server started at PostgreSQL's defaults.
 
-The mix, per cycle: ``put_many`` of 110, ``get_many`` of 100 and ``ack_many``, then ten single
-``get`` + ``ack``, over a backlog of 5,000 messages of 64 bytes, on a topic of its own.
+The mix (``--shape batch``), per cycle: ``put_many`` of 110, ``get_many`` of 100 and
+``ack_many``, then ten single ``get`` + ``ack``, over a backlog of 5,000 messages of 64 bytes,
+on a topic of its own. ``--shape worker``: a :class:`~squeal.Worker` with 4 handlers (each
+message claimed, handled by a function that does nothing, acked) while the main thread tops the
+backlog up with ``put_many`` of 110; the rate counts handled messages.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from squeal import Message, Queue
 
 #: Messages waiting in the topic when the run starts (topped up by each cycle's puts).
 BACKLOG = 5_000
@@ -46,8 +53,76 @@ def _hold_snapshot(engine: sa.Engine, begin: str, table: str) -> sa.Connection:
     return holder
 
 
+class _Batches:
+    """The batch mix: one client, one cycle per step."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def step(self) -> int:
+        """One cycle; how many messages it delivered."""
+        queue = self.queue
+        queue.put_many([PAYLOAD] * 110, TOPIC)
+        batch = queue.get_many(TOPIC, 100)
+        queue.ack_many(batch)
+        done = len(batch)
+        for _ in range(10):
+            msg = queue.get(TOPIC)
+            if msg is not None:
+                msg.ack()
+                done += 1
+        return done
+
+    def stop(self) -> None:
+        """Nothing runs between steps."""
+
+
+class _Workers:
+    """A Worker of 4 handlers on the topic; each step tops the backlog up."""
+
+    def __init__(self, queue: Queue) -> None:
+        from squeal import Worker
+
+        self.queue = queue
+        self.put = BACKLOG
+        self.handled = self._counted = 0
+        self._lock = threading.Lock()
+        self.worker = Worker(queue, self._handle, TOPIC, concurrency=4, wait=0.5)
+        self._thread = threading.Thread(
+            target=self.worker.run, kwargs={"install_signal_handlers": False}, daemon=True
+        )
+        self._thread.start()
+
+    def _handle(self, message: Message) -> None:
+        with self._lock:
+            self.handled += 1
+
+    def step(self) -> int:
+        """Top the backlog up (or wait a moment); how many messages were handled since."""
+        if self.put - self.handled < BACKLOG:
+            self.queue.put_many([PAYLOAD] * 110, TOPIC)
+            self.put += 110
+        else:
+            time.sleep(0.002)
+        with self._lock:
+            handled = self.handled
+        done, self._counted = handled - self._counted, handled
+        return done
+
+    def stop(self) -> None:
+        """Stop the worker (it finishes what it holds)."""
+        self.worker.stop()
+        self._thread.join()
+
+
 def soak(
-    url: sa.URL, minutes: float, *, window: float, hold_snapshot: bool, stem: str
+    url: sa.URL,
+    minutes: float,
+    *,
+    window: float,
+    hold_snapshot: bool,
+    stem: str,
+    shape: str = "batch",
 ) -> dict[str, Any]:
     """Run the mix on ``url`` for ``minutes``; the windows and a summary."""
     from squeal import Queue, migrate
@@ -61,24 +136,19 @@ def soak(
     checks = health_for(engine.dialect, tables)
     queue = Queue(engine, prefix=prefix)
     holder = None
+    mix: _Batches | _Workers | None = None
     windows: list[dict[str, Any]] = []
     try:
         for _ in range(BACKLOG // 500):
             queue.put_many([PAYLOAD] * 500, TOPIC)
         if hold_snapshot:
             holder = _hold_snapshot(engine, checks.snapshot_sql, tables.message.name)
+        mix = _Workers(queue) if shape == "worker" else _Batches(queue)
         started = time.monotonic()
         end = started + minutes * 60
         window_start, done = started, 0
         while True:
-            queue.put_many([PAYLOAD] * 110, TOPIC)
-            queue.ack_many(queue.get_many(TOPIC, 100))
-            done += 100
-            for _ in range(10):
-                msg = queue.get(TOPIC)
-                if msg is not None:
-                    msg.ack()
-                    done += 1
+            done += mix.step()
             now = time.monotonic()
             if now - window_start >= window or now >= end:
                 with engine.connect() as conn:
@@ -94,6 +164,8 @@ def soak(
                 if now >= end:
                     break
     finally:
+        if mix is not None:
+            mix.stop()
         if holder is not None:
             holder.close()
         queue.close()
@@ -107,6 +179,7 @@ def soak(
         "minutes": minutes,
         "window_s": window,
         "hold_snapshot": hold_snapshot,
+        "shape": shape,
         "windows": windows,
         "last_over_first": round(last / first, 3) if first else None,
     }
@@ -122,7 +195,7 @@ def report(result: dict[str, Any]) -> str:
         [f"{w['t_s']:.0f}", f"{w['rate']:,.0f}", *[w.get(k, "-") for k in keys]] for w in windows
     ]
     held = ", snapshot held by another session" if result["hold_snapshot"] else ""
-    head = f"{result['database']}: {result['minutes']} min{held}"
+    head = f"{result['database']}: {result['minutes']} min, {result['shape']} mix{held}"
     ratio = result["last_over_first"]
     tail = f"last window / first: {ratio:.2f}" if ratio is not None else ""
     return f"{head}\n{table(['t (s)', 'msg/s', *keys], rows)}\n{tail}"
@@ -137,11 +210,11 @@ def draw(results: list[dict[str, Any]], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for result in results:
-        held = " (snapshot held)" if result["hold_snapshot"] else ""
+        held = ", snapshot held" if result["hold_snapshot"] else ""
         ax.plot(
             [w["t_s"] for w in result["windows"]],
             [w["rate"] for w in result["windows"]],
-            label=result["database"] + held,
+            label=f"{result['database']} ({result['shape']}{held})",
         )
     ax.set_xlabel("seconds")
     ax.set_ylabel("messages/s")
@@ -194,7 +267,14 @@ def run(args: argparse.Namespace, urls: list[sa.URL], stem: str) -> int:
         for url in urls:
             _say(f"soaking {url.render_as_string(hide_password=True)} for {minutes:g} min")
             results.append(
-                soak(url, minutes, window=window, hold_snapshot=args.hold_snapshot, stem=stem)
+                soak(
+                    url,
+                    minutes,
+                    window=window,
+                    hold_snapshot=args.hold_snapshot,
+                    stem=stem,
+                    shape=args.shape,
+                )
             )
     finally:
         if server is not None:
