@@ -22,9 +22,14 @@ So a queue object remembers, per topic:
   are due), for the rest of a claim that did not sweep and came back short, and next after
   this queue object released, nacked or redrove a message of the topic or put one above its
   floor.
-- **since when** it swept: a sweep reads the database's clock, and the next one walks the due
-  index only from that time less :data:`SINCE_MARGIN_SECONDS`, which covers squeal's own
-  statements that committed late (they wait at most LOCK_TIMEOUT_SECONDS for a lock).
+- **since when** it swept: the next sweep walks the due index only over the time since the
+  last one began (measured by this process's monotonic clock, bound as a duration back from
+  the database's now) plus :data:`SINCE_MARGIN_SECONDS`, which covers squeal's own statements
+  that committed late (they wait at most LOCK_TIMEOUT_SECONDS for a lock).
+
+A claim that comes back short forgets the floor: the topic's ready messages past it have run
+out, and the next claim (a sweep) walks them all, so nothing put with an id below the floor
+(tables created afresh, an id sequence reset) is missed.
 
 Every :data:`FULL_SWEEP_SECONDS` a sweep walks both indexes from the start, whatever they hold,
 for what no bound above covers: a delayed message put in a transaction that stayed open longer
@@ -40,6 +45,7 @@ FULL_SWEEP_SECONDS); on a topic without one, and for what the queue object did i
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +56,7 @@ from squeal.dialects.base import LOCK_TIMEOUT_SECONDS, ClaimedRow, ClaimScope, K
 SWEEP_SECONDS = 1.0
 #: How often a sweep walks the whole due index (see the module's docstring).
 FULL_SWEEP_SECONDS = 60.0
-#: How far before the last sweep's clock reading the next sweep starts its due walk.
+#: How much further back than the last sweep's start the next sweep walks the due index.
 SINCE_MARGIN_SECONDS = 2.0 * LOCK_TIMEOUT_SECONDS
 #: Topics remembered per queue object; beyond that the memory starts afresh (a sweep each).
 _MAX_TOPICS = 10_000
@@ -60,12 +66,11 @@ _MAX_TOPICS = 10_000
 class _Topic:
     after: Key | None = None
     must_sweep: bool = False
-    clock_read_at: float | None = None  # monotonic time of the last sweep that read the clock
-    full_at: float | None = None  # monotonic time of the last sweep of the whole due index
-    since_ms: int | None = None
+    swept_at: float | None = None  # monotonic time the last sweep began
+    full_at: float | None = None  # monotonic time the last sweep of both whole indexes began
 
 
-_FIRST = ClaimScope(sweep=True, after=None, due_since=None, read_clock=True)
+_FIRST = ClaimScope(sweep=True, after=None, due_within_ms=None)
 
 
 class ClaimScopes:
@@ -79,17 +84,13 @@ class ClaimScopes:
         """Where a claim on ``topic`` starting at ``now`` (monotonic) looks."""
         with self._lock:
             t = self._topics.get(topic)
-            if t is None:
+            if t is None or t.swept_at is None or t.full_at is None:
                 return _FIRST
-            full = t.full_at is None or now - t.full_at >= FULL_SWEEP_SECONDS
-            timed = t.clock_read_at is None or now - t.clock_read_at >= SWEEP_SECONDS
-            sweep = t.must_sweep or timed or full
-            return ClaimScope(
-                sweep=sweep,
-                after=None if full else t.after,
-                due_since=None if full else t.since_ms,
-                read_clock=timed or full,
-            )
+            if now - t.full_at >= FULL_SWEEP_SECONDS:
+                return _FIRST
+            sweep = t.must_sweep or now - t.swept_at >= SWEEP_SECONDS
+            window = now - t.swept_at + SINCE_MARGIN_SECONDS
+            return ClaimScope(sweep=sweep, after=t.after, due_within_ms=math.ceil(window * 1000))
 
     def claimed(
         self,
@@ -99,27 +100,24 @@ class ClaimScopes:
         started: float,
         rows: Sequence[ClaimedRow],
         asked: int,
-        clock_ms: int | None,
     ) -> None:
-        """A claim in ``scope`` that started at ``started`` took ``rows`` of ``asked``; the
-        database's clock read before it (None if not read)."""
+        """A claim in ``scope`` that started at ``started`` (monotonic) took ``rows`` of
+        ``asked``."""
         with self._lock:
             t = self._topics.get(topic)
             if t is None:
                 if len(self._topics) >= _MAX_TOPICS:
                     self._topics.clear()
                 t = self._topics[topic] = _Topic()
-            if scope.read_clock and clock_ms is not None:
-                t.clock_read_at = started
-                t.since_ms = clock_ms - round(SINCE_MARGIN_SECONDS * 1000)
-                if scope.due_since is None:
-                    t.full_at = started
             if scope.sweep:
                 t.must_sweep = False
-            if rows:
-                t.after = max((row[2], row[0]) for row in rows)
+                t.swept_at = started
+                if scope.due_within_ms is None:
+                    t.full_at = started
             if len(rows) < asked:
-                t.must_sweep = True
+                t.must_sweep, t.after = True, None
+            else:
+                t.after = max((row[2], row[0]) for row in rows)
 
     def reopen(self, topic: str) -> None:
         """This queue object made a message of ``topic`` due out of order (release, nack,
@@ -131,7 +129,7 @@ class ClaimScopes:
 
     def put(self, topic: str, neg_priority: int) -> None:
         """This queue object put messages of ``neg_priority``: a claim key below the floor
-        reopens the topic."""
+        makes its next claim sweep."""
         with self._lock:
             t = self._topics.get(topic)
             if t is not None and t.after is not None and neg_priority < t.after[0]:

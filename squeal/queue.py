@@ -458,9 +458,8 @@ class Queue:
         scope = self._scopes.scope(topic, started)
         strategy = self._strategy
 
-        def claim(ex: Executor) -> tuple[int | None, list[ClaimedRow]]:
-            clock = int(ex.rows(strategy.clock, {})[0][0]) if scope.read_clock else None
-            rows = strategy.claim(
+        rows = self._session.claim(
+            lambda ex: strategy.claim(
                 ex,
                 topic=topic,
                 limit=limit,
@@ -469,10 +468,8 @@ class Queue:
                 max_attempts=self._max_attempts,
                 scope=scope,
             )
-            return clock, rows
-
-        clock, rows = self._session.claim(claim)
-        self._scopes.claimed(topic, scope, started=started, rows=rows, asked=limit, clock_ms=clock)
+        )
+        self._scopes.claimed(topic, scope, started=started, rows=rows, asked=limit)
         return scope, rows
 
     # -- settling -------------------------------------------------------------------------------

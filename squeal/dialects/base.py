@@ -25,8 +25,10 @@ ClaimedRow = tuple[int, bytes, int, int, int]
 _CLAIM_ORDER = itemgetter(2, 0)
 #: A claim key: (neg_priority, id), the claim index's order.
 Key = tuple[int, int]
-#: Bound in place of "no bound": below every claim key and every time squeal stores.
+#: Bound in place of "no bound": below every claim key.
 _LOWEST = -(2**62)
+#: Window in place of "no window": longer than any time squeal stores (no overflow from now).
+_FOREVER = 2**62
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,13 @@ class ClaimScope:
     #: Ready messages: only those whose claim key is greater than this (None: all); in a sweep,
     #: also those of a higher priority than this key's.
     after: Key | None
-    #: Due messages: only those due at or after this database time in ms (None: all).
-    due_since: int | None
-    #: Whether the claim reads the database's clock first (for a later sweep's ``due_since``).
-    read_clock: bool
+    #: Due messages: only those that fell due within this many ms before the database's now
+    #: (None: all). A duration, like every time squeal binds: the database's clock decides.
+    due_within_ms: int | None
 
 
 #: A claim that looks everywhere.
-EVERYWHERE = ClaimScope(sweep=True, after=None, due_since=None, read_clock=True)
+EVERYWHERE = ClaimScope(sweep=True, after=None, due_within_ms=None)
 
 
 def in_claim_order(rows: Sequence[Sequence[Any]]) -> list[ClaimedRow]:
@@ -74,8 +75,8 @@ def ids_in_order(keys: Sequence[str | None], returned: Sequence[Sequence[Any]]) 
 def scope_params(scope: ClaimScope) -> dict[str, int]:
     """The bounds a claim's statements bind for ``scope`` (the lowest values for none)."""
     after_p, after_id = scope.after or (_LOWEST, _LOWEST)
-    due_since = _LOWEST if scope.due_since is None else scope.due_since
-    return {"after_p": after_p, "after_id": after_id, "due_since": due_since}
+    due_within_ms = _FOREVER if scope.due_within_ms is None else scope.due_within_ms
+    return {"after_p": after_p, "after_id": after_id, "due_within_ms": due_within_ms}
 
 
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
@@ -154,7 +155,7 @@ class Strategy:
         due = sa.and_(
             m.c.topic == _param("in_topic"),
             m.c.visible_at <= now,
-            m.c.visible_at >= _param("due_since", sa.BigInteger()),
+            m.c.visible_at >= now - _param("due_within_ms", sa.BigInteger()),
         )
         # Every due row is promoted (or leased) by the claim that finds it, not just ``limit``
         # of them: a due row left WAITING could outrank the READY row the claim returns. Each
@@ -173,8 +174,6 @@ class Strategy:
             "lease_token": _param("token"),
             "attempts": m.c.attempts + 1,
         }
-        #: The database's clock, read before a sweep (squeal.claim_scope).
-        self.clock = sa.select(now)
         self.claimed_columns = (
             m.c.id,
             m.c.payload,

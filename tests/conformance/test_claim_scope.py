@@ -118,7 +118,7 @@ def test_a_delayed_put_that_commits_late_joins_within_the_full_sweep_interval(
     q = make_queue()
     with engine.begin() as conn:
         q.put(b"late", "t", delay=0.05, connection=conn)
-        _busy(q)  # a sweep: reads the clock
+        _busy(q)  # a sweep
         time.sleep(0.3)
         _claim(q)  # a sweep after the late message's due time: later ones walk from here
     _claims_until(q, b"late")
@@ -134,3 +134,15 @@ def test_a_redrive_by_another_queue_object_joins_within_the_sweep_interval(
     assert operator.redrive("t") == 1
     assert consumer.stats()["t"].ready == BACKLOG - 1 + 1
     _claims_until(consumer, b"doomed")
+
+
+def test_a_queue_object_finds_messages_after_its_tables_are_created_afresh(queue: Queue) -> None:
+    """Ids start again from 1: below the floor its earlier claims left."""
+    ids = queue.put_many([b"x"] * 5, "t")
+    assert [m.id for m in queue.get_many("t", 5)] == ids
+    queue.destroy()
+    queue.create()
+    fresh = queue.put(b"fresh", "t")
+    assert fresh is not None
+    assert fresh <= (ids[0] or 0)
+    assert _claim(queue).id == fresh
