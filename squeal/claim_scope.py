@@ -50,7 +50,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from squeal.dialects.base import LOCK_TIMEOUT_SECONDS, ClaimedRow, ClaimScope, Key
+from squeal.dialects.base import EVERYWHERE, LOCK_TIMEOUT_SECONDS, ClaimedRow, ClaimScope, Key
 
 #: The longest a queue object claims from a topic without sweeping it.
 SWEEP_SECONDS = 1.0
@@ -70,9 +70,6 @@ class _Topic:
     full_at: float | None = None  # monotonic time the last sweep of both whole indexes began
 
 
-_FIRST = ClaimScope(sweep=True, after=None, due_within_ms=None)
-
-
 class ClaimScopes:
     """What one queue object remembers about its claims, per topic (see the module)."""
 
@@ -85,9 +82,9 @@ class ClaimScopes:
         with self._lock:
             t = self._topics.get(topic)
             if t is None or t.swept_at is None or t.full_at is None:
-                return _FIRST
+                return EVERYWHERE
             if now - t.full_at >= FULL_SWEEP_SECONDS:
-                return _FIRST
+                return EVERYWHERE
             sweep = t.must_sweep or now - t.swept_at >= SWEEP_SECONDS
             window = now - t.swept_at + SINCE_MARGIN_SECONDS
             return ClaimScope(sweep=sweep, after=t.after, due_within_ms=math.ceil(window * 1000))
