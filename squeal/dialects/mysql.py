@@ -70,6 +70,13 @@ def _force_index(select: sa.Select[Any], table: sa.Table, index: str) -> sa.Sele
     return select.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
 
 
+#: A LIMIT that keeps every row (and keeps a derived table from being merged into its query).
+_ALL = 2**62
+
+#: A ready walk from the start reads this many more ids than it claims (twice the claim, plus
+#: this): a plain read cannot see which rows other consumers are locking at that moment.
+_PROBE_SLACK = 16
+
 #: The (due, dies) columns of a ready candidate.
 _READY_FLAGS = (sa.literal(False).label("due"), sa.literal(False).label("dies"))
 
@@ -160,8 +167,9 @@ class MySQLStrategy(Strategy):
         params = {"in_topic": topic, "limit": limit, **scope_params(scope)}
         if scope.sweep:
             params["max_attempts"] = max_attempts
-        candidates = self._candidates if scope.sweep else self._ready_candidates
-        locked = [_Candidate(*row) for row in ex.rows(candidates, params)]
+        if scope.after is None:
+            params["probe_limit"] = limit * 2 + _PROBE_SLACK
+        locked = [_Candidate(*row) for row in ex.rows(self._candidates(scope), params)]
         live = [row for row in locked if not row.dies]
         live.sort(key=lambda r: (r.neg_priority, r.id))
         picked = live[:limit]
@@ -185,28 +193,82 @@ class MySQLStrategy(Strategy):
         )
 
     @cached_property
-    def _candidates(self) -> sa.CompoundSelect[Any]:
-        """Ready rows in claim order from the floor and of a higher priority, plus due waiting
-        rows, all locked, in one round trip."""
+    def _shapes(self) -> dict[tuple[bool, bool], sa.Select[Any] | sa.CompoundSelect[Any]]:
+        return {}
+
+    def _candidates(self, scope: ClaimScope) -> sa.Select[Any] | sa.CompoundSelect[Any]:
+        """The claim's one locking statement for ``scope`` (built once per shape)."""
+        shape = (scope.sweep, scope.after is not None)
+        statement = self._shapes.get(shape)
+        if statement is None:
+            statement = self._shapes[shape] = self._build(*shape)
+        return statement
+
+    def _build(self, sweep: bool, floored: bool) -> sa.Select[Any] | sa.CompoundSelect[Any]:
+        """Ready rows in claim order (from the floor: a locking walk that stops at ``limit``
+        rows; from the start: found by a plain read, past what claims left behind), and in a
+        sweep the higher priorities than the floor's and the due waiting rows, all locked, in
+        one round trip."""
         m = self.m
-        due = self.due_ids.with_only_columns(
-            *self._candidate_columns, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
-        )
         # InnoDB's optimizer, seeing that most rows match, picks a full scan plus filesort, which
         # also locks every row it sorts; each branch must walk its own index in order.
-        higher = self.higher_ids.with_only_columns(*self._candidate_columns, *_READY_FLAGS)
-        return sa.union_all(
-            self._ready_candidates,
-            _force_index(higher, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True),
-            _force_index(due, m, f"{m.name}_due_ix").with_for_update(skip_locked=True),
-        )
+        claim_ix, due_ix = f"{m.name}_claim_ix", f"{m.name}_due_ix"
+        if floored:
+            ready: sa.Select[Any] = _force_index(
+                self.ready_ids.with_only_columns(*self._candidate_columns, *_READY_FLAGS),
+                m,
+                claim_ix,
+            ).with_for_update(skip_locked=True)
+        else:
+            probe: sa.Select[Any] = self.ready_ids.with_only_columns(m.c.id, m.c.neg_priority)
+            probe = _force_index(
+                probe.limit(sa.bindparam("probe_limit", type_=sa.Integer())), m, claim_ix
+            )
+            ready = self._locked_by_key(probe, *_READY_FLAGS, first=True)
+        if not sweep:
+            return ready
+        due = _force_index(self.due_ids.limit(_ALL), m, due_ix)
+        branches = [
+            ready.self_group(),
+            # Parenthesised: a locking clause may not end a bare member of a UNION.
+            self._locked_by_key(
+                due, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
+            ).self_group(),
+        ]
+        if floored:
+            higher = _force_index(self.higher_ids, m, claim_ix)
+            branches.insert(1, self._locked_by_key(higher, *_READY_FLAGS).self_group())
+        return sa.union_all(*branches)
 
-    @cached_property
-    def _ready_candidates(self) -> sa.Select[Any]:
-        """Ready rows in claim order, locked (a claim that does not sweep due rows)."""
+    def _locked_by_key(
+        self, walk: sa.Select[Any], *flags: sa.ColumnElement[Any], first: bool = False
+    ) -> sa.Select[Any]:
+        """The ids ``walk`` finds by a plain read, then locked by primary key and checked again
+        (with ``first``, only the first ``limit`` of them that are not locked, in claim order).
+
+        A locking read visits the table row of every delete-marked index entry it passes, and
+        InnoDB only learns that a range has ended from the next entry that is not
+        delete-marked: a walk that runs out (as a sweep's higher priorities and due rows
+        usually do, and a walk from the start passes the entries of everything claimed) visits
+        every entry claims and acks left behind, at three page reads each, for as long as purge
+        is held back (a snapshot held anywhere on the server). A plain read passes them within
+        the index page. The derived table has a LIMIT, so it is not merged into the locking
+        query; the row's own conditions are checked again on the version the lock reads (a
+        message claimed or acked since the walk is not taken).
+        """
         m = self.m
-        ready = self.ready_ids.with_only_columns(*self._candidate_columns, *_READY_FLAGS)
-        return _force_index(ready, m, f"{m.name}_claim_ix").with_for_update(skip_locked=True)
+        found = walk.subquery("found")
+        locked = (
+            sa.select(*self._candidate_columns, *flags)
+            .select_from(found.join(m, m.c.id == found.c.id))
+            .where(walk.whereclause)  # type: ignore[arg-type]
+            .prefix_with("STRAIGHT_JOIN")
+        )
+        if first:
+            locked = locked.order_by(found.c.neg_priority, found.c.id).limit(
+                sa.bindparam("limit", type_=sa.Integer())
+            )
+        return _force_index(locked, m, "PRIMARY").with_for_update(skip_locked=True)
 
     @property
     def _candidate_columns(self) -> tuple[sa.ColumnElement[Any], ...]:

@@ -29,18 +29,21 @@ def backlog_queue(queue: Queue) -> Queue:
     return queue
 
 
-@pytest.fixture(params=["sweep", "floor"])
+@pytest.fixture(params=["sweep", "floor", "floored_sweep"])
 def scope(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which claim: a fresh queue object's first (a sweep), or one from the floor."""
+    """Which claim: a fresh queue object's first (a sweep from the start), one from the floor,
+    or a sweep from the floor."""
     if request.param == "floor":
         monkeypatch.setattr(claim_scope, "SWEEP_SECONDS", 3600.0)
+    if request.param == "floored_sweep":
+        monkeypatch.setattr(claim_scope, "SWEEP_SECONDS", 0.0)
     return str(request.param)
 
 
 def _claim_statements(queue: Queue, scope: str) -> list[tuple[str, Any]]:
     """The statements (with their parameters) that one get() sends in ``scope``."""
     sent: list[tuple[str, Any]] = []
-    claimer = queue if scope == "floor" else Queue(queue.engine, prefix=queue.prefix)
+    claimer = queue if scope != "sweep" else Queue(queue.engine, prefix=queue.prefix)
 
     def capture(statement: str, parameters: Any) -> None:
         sent.append((statement, tuple(parameters) if isinstance(parameters, list) else parameters))
@@ -71,7 +74,7 @@ def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
         with backlog_queue.engine.connect() as conn:
             conn.exec_driver_sql(f"ANALYZE {table}")
             conn.commit()
-    first = "WITH" if scope == "sweep" else "UPDATE"
+    first = "WITH" if scope != "floor" else "UPDATE"
     (statement, params), *_ = [
         s for s in _claim_statements(backlog_queue, scope) if s[0].lstrip().startswith(first)
     ]
@@ -87,7 +90,7 @@ def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
     ]
     by_index = {n.get("Index Name") for n in scans}
     assert f"{table}_claim_ix" in by_index, by_index
-    assert (f"{table}_due_ix" in by_index) == (scope == "sweep"), by_index
+    assert (f"{table}_due_ix" in by_index) == (scope != "floor"), by_index
     for node in scans:
         assert node["Node Type"] != "Seq Scan", node
         assert node["Actual Rows"] <= 1, node
@@ -97,7 +100,7 @@ def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
     # a sweep also walks the higher priorities than the floor's.
     conditions = sorted(n["Index Cond"] for n in claim_scans)
     assert any("ROW(neg_priority, id) >" in c for c in conditions), conditions
-    assert any("neg_priority <" in c for c in conditions) == (scope == "sweep"), conditions
+    assert any("neg_priority <" in c for c in conditions) == (scope != "floor"), conditions
     big_sorts = [n for n in nodes if n["Node Type"] == "Sort" and n.get("Actual Rows", 0) > 2]
     assert not big_sorts, big_sorts
 
@@ -106,7 +109,7 @@ def test_postgresql_claim_walks_the_claim_index_without_sorting_the_backlog(
 def test_mysql_claim_locks_in_index_order_without_filesort(
     backlog_queue: Queue, scope: str
 ) -> None:
-    first = "(SELECT" if scope == "sweep" else "SELECT"
+    first = "(SELECT" if scope != "floor" else "SELECT"
     (statement, params), *_ = [
         s for s in _claim_statements(backlog_queue, scope) if s[0].lstrip().startswith(first)
     ]
@@ -114,12 +117,27 @@ def test_mysql_claim_locks_in_index_order_without_filesort(
         rows = conn.exec_driver_sql("EXPLAIN " + statement, params).mappings().all()
         conn.rollback()
     table = f"{backlog_queue.prefix}_message"
-    used = [row["key"] for row in rows if row["table"] == table]
-    swept = [f"{table}_claim_ix", f"{table}_due_ix"] if scope == "sweep" else []
-    assert used == [f"{table}_claim_ix", *swept], rows
-    assert not any("filesort" in (row["Extra"] or "") for row in rows), rows
-    # Both walks are index ranges: the floor (and the sweep's bound) start them, not filter them.
-    assert all(row["type"] == "range" for row in rows if row["table"] == table), rows
+    claim_ix, due_ix = f"{table}_claim_ix", f"{table}_due_ix"
+    assert not any("filesort" in (row["Extra"] or "") for row in rows if row["table"] == table)
+    # Every walk is an index range: the floor (and the sweep's bound) start it, not filter it.
+    # Walks that may run out (from the start, the higher priorities, the due rows) are plain
+    # reads in derived tables, not merged into the locking query, and what they find is locked
+    # one row at a time through the primary key; only the walk from the floor locks as it goes.
+    ours = [row for row in rows if row["table"] == table]
+    assert all(
+        row["type"] == "range" or (row["key"] == "PRIMARY" and row["type"] == "eq_ref")
+        for row in ours
+    ), rows
+    locking = [r["key"] for r in ours if r["type"] == "range" and r["select_type"] != "DERIVED"]
+    probes = sorted(r["key"] for r in ours if r["select_type"] == "DERIVED")
+    assert locking == ([] if scope == "sweep" else [claim_ix]), rows
+    assert probes == {
+        "floor": [],
+        "sweep": [claim_ix, due_ix],
+        "floored_sweep": [claim_ix, due_ix],
+    }[scope], rows
+    by_key = [r for r in ours if r["key"] == "PRIMARY"]
+    assert len(by_key) == len(probes), rows
 
 
 @pytest.mark.dialects("sqlite")
@@ -137,5 +155,5 @@ def test_sqlite_claim_walks_the_claim_index_without_a_temp_sort(
         ]
         conn.rollback()
     assert any(f"{table}_claim_ix" in plan for plan in plans), plans
-    assert any(f"{table}_due_ix" in plan for plan in plans) == (scope == "sweep"), plans
+    assert any(f"{table}_due_ix" in plan for plan in plans) == (scope != "floor"), plans
     assert not any("TEMP B-TREE" in plan for plan in plans), plans
