@@ -54,6 +54,14 @@ class SchemaOutOfDate(SchemaError):
     """squeal's tables are at another revision than this version of squeal needs."""
 
 
+class ManagedElsewhere(SchemaError):
+    """squeal's branch is recorded in the application's Alembic (integrated): migrate it there."""
+
+
+class ForeignRevision(SchemaError):
+    """A revision that is not squeal's sits in squeal's versions folder."""
+
+
 class UnsupportedDatabase(SquealError):
     """This database or server version cannot run squeal."""
 

@@ -14,20 +14,21 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from squeal.dialects import migration_transaction, strategy_for
+from squeal.errors import ForeignRevision, ManagedElsewhere
+from squeal.recorded import REVISION_PREFIX, Recorded, recorded
 from squeal.schema import build_tables, validate_prefix
 
 #: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.
 BRANCH_LABEL = "squeal"
-#: Where the migrations are inside an installed wheel, and in a source checkout.
+#: The migrations, inside the package (``squeal:_migrations`` to Alembic) in a wheel, an
+#: editable install and a source checkout alike.
 _PACKAGED = Path(__file__).resolve().parent / "_migrations"
-_SOURCE = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def script_location() -> Path:
     """The folder holding squeal's ``env.py`` and ``versions/``."""
-    for path in (_PACKAGED, _SOURCE):
-        if (path / "env.py").is_file():
-            return path
+    if (_PACKAGED / "env.py").is_file():
+        return _PACKAGED
     raise FileNotFoundError("squeal's migrations are missing from this installation")
 
 
@@ -37,8 +38,28 @@ def version_locations() -> str:
 
 
 def version_table(prefix: str) -> str:
-    """The table where squeal records its revision for ``prefix``."""
+    """The table where squeal records its revision for ``prefix`` (isolated)."""
     return f"{validate_prefix(prefix)}_alembic_version"
+
+
+def _scripts() -> ScriptDirectory:
+    """squeal's revisions, after checking that every file in its folder is squeal's own.
+
+    With squeal's versions folder in an application's ``version_locations``, ``alembic
+    revision`` writes the application's first revision there when it chains onto squeal's head;
+    run by squeal, such a file would change the application's tables (or drop squeal's).
+    """
+    scripts = ScriptDirectory(str(script_location()))
+    for script in scripts.walk_revisions():
+        if not script.revision.startswith(REVISION_PREFIX):
+            raise ForeignRevision(
+                f"{script.path} is not one of squeal's revisions (revision {script.revision!r}) "
+                f"but sits in squeal's versions folder; squeal will not run it. Move it to your "
+                f"own versions folder (an application's first revision needs --head=base "
+                f"--branch-label=app --version-path=<your versions folder>)",
+                command="",
+            )
+    return scripts
 
 
 def config(
@@ -61,7 +82,7 @@ def config(
 
 def head() -> str:
     """The newest revision the migrations know."""
-    heads = ScriptDirectory.from_config(config()).get_heads()
+    heads = _scripts().get_heads()
     if len(heads) != 1:
         raise RuntimeError(f"squeal's migrations have {len(heads)} heads: {heads}")
     return heads[0]
@@ -82,10 +103,14 @@ def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head"
         DatabaseBusy: another migration of this prefix held the lock for too long.
     """
     strategy = strategy_for(engine, build_tables(prefix))
+    _scripts()
     with engine.connect() as conn:
         strategy.check_server(conn)
         with migration_transaction(conn, prefix):
-            before = _revision(conn, prefix)
+            found = recorded(conn, prefix)
+            if found.integrated:
+                return _integrated(found, prefix, revision)
+            before = found.revision
             command.upgrade(config(prefix, connection=conn), revision)
     with engine.connect() as conn:
         strategy.after_migrate(conn)
@@ -104,8 +129,12 @@ def downgrade(
 
     Returns the revision the tables were at when this downgrade got the lock (None: none).
     """
+    _scripts()
     with engine.connect() as conn, migration_transaction(conn, prefix):
-        before = _revision(conn, prefix)
+        found = recorded(conn, prefix)
+        if found.integrated:
+            raise _managed_elsewhere(found, prefix, "downgrade", "squeal@base")
+        before = found.revision
         command.downgrade(config(prefix, connection=conn), revision)
         if drop_version_table and revision == "base":
             sa.Table(version_table(prefix), sa.MetaData()).drop(conn, checkfirst=True)
@@ -113,14 +142,33 @@ def downgrade(
 
 
 def current(engine: sa.Engine, *, prefix: str = "squeal") -> str | None:
-    """The revision squeal's tables are at, or None when they do not exist."""
+    """The revision squeal's tables are at, or None when they do not exist (isolated or
+    integrated alike: see :func:`status`)."""
+    return status(engine, prefix=prefix).revision
+
+
+def status(engine: sa.Engine, *, prefix: str = "squeal") -> Recorded:
+    """Where and at which revision squeal's tables for ``prefix`` are recorded: their own
+    version table (isolated) or the application's ``alembic_version`` (integrated)."""
     with engine.connect() as conn:
-        return _revision(conn, prefix)
+        return recorded(conn, validate_prefix(prefix))
 
 
-def _revision(conn: sa.Connection, prefix: str) -> str | None:
-    ctx = MigrationContext.configure(conn, opts={"version_table": version_table(prefix)})
-    return ctx.get_current_revision()
+def _integrated(found: Recorded, prefix: str, revision: str) -> str | None:
+    """An upgrade of tables the application's Alembic manages: nothing to do at squeal's
+    head; anything else is the application's Alembic's to run."""
+    if revision in ("head", "heads", head()) and found.revision == head():
+        return found.revision
+    raise _managed_elsewhere(found, prefix, "upgrade", "squeal@head")
+
+
+def _managed_elsewhere(found: Recorded, prefix: str, verb: str, target: str) -> ManagedElsewhere:
+    command_line = f"alembic {verb} {target}"
+    return ManagedElsewhere(
+        f"squeal's tables for prefix {prefix!r} are managed by your application's Alembic "
+        f"(revision {', '.join(found.revisions)} in {found.table}); run: {command_line}",
+        command=command_line,
+    )
 
 
 def schema_diff(engine: sa.Engine, *, prefix: str = "squeal") -> list[Any]:
@@ -152,6 +200,7 @@ def sql(engine_or_url: sa.Engine | str, *, prefix: str = "squeal", revision: str
         if isinstance(engine_or_url, str)
         else engine_or_url.url.render_as_string(hide_password=False)
     )
+    _scripts()
     out = io.StringIO()
     command.upgrade(config(prefix, url=url, output=out), revision, sql=True)
     return out.getvalue()

@@ -16,6 +16,7 @@ from squeal.drivers import Driver, driver_for
 from squeal.errors import DatabaseBusy, DatabaseError, SchemaMissing, SchemaOutOfDate
 from squeal.executor import CallerExecutor, Executor, RawExecutor
 from squeal.prepared import Prepared
+from squeal.recorded import recorded
 from squeal.schema import SCHEMA_REVISION, Tables
 from squeal.server import UNKNOWN, Server
 
@@ -29,7 +30,6 @@ RECONNECT_ATTEMPTS = 3
 #: Pools whose connections cannot be detached: every checkout is the same connection.
 _SHARED_CONNECTION_POOLS = (sa.pool.StaticPool, sa.pool.SingletonThreadPool, sa.pool.AssertionPool)
 #: The version table an application's own alembic uses when it runs squeal's revisions.
-APPLICATION_VERSION_TABLE = "alembic_version"
 
 
 def wrap(error: BaseException, action: str) -> DatabaseError:
@@ -253,20 +253,12 @@ class Session:
         self.server = self.strategy.check_server(conn)
         prefix = self.tables.prefix
         command = migrate_hint(self.engine, prefix)
-        inspector = sa.inspect(conn)
-        if not inspector.has_table(self.tables.message.name):
+        if not sa.inspect(conn).has_table(self.tables.message.name):
             raise SchemaMissing(
                 f"squeal's tables for prefix {prefix!r} do not exist; run: {command}",
                 command=command,
             )
-        found = _revisions(conn, inspector, f"{prefix}_alembic_version")
-        if not found and inspector.has_table(APPLICATION_VERSION_TABLE):
-            # Integrated mode: the application's alembic ran squeal's branch in its own table.
-            found = [
-                r
-                for r in _revisions(conn, inspector, APPLICATION_VERSION_TABLE)
-                if r.startswith("squeal_")
-            ]
+        found = list(recorded(conn, prefix).revisions)
         if found != [SCHEMA_REVISION]:
             raise SchemaOutOfDate(
                 f"squeal's tables for prefix {prefix!r} are at revision {found or 'unknown'}; "
@@ -288,13 +280,6 @@ def _committed(
         raise
     ex.commit()
     return result
-
-
-def _revisions(conn: sa.Connection, inspector: sa.Inspector, table: str) -> list[str]:
-    if not inspector.has_table(table):
-        return []
-    version = sa.table(table, sa.column("version_num", sa.String()))
-    return [str(v) for v in conn.execute(sa.select(version.c.version_num)).scalars()]
 
 
 class _Committing(CallerExecutor):

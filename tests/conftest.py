@@ -303,6 +303,32 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
+def private_url(db: str, db_url: str) -> Iterator[str]:
+    """A database of this test's own, for tests that use the shared name ``alembic_version``."""
+    if db == "sqlite":
+        yield db_url  # already a fresh file
+        return
+    name = f"squeal_{secrets.token_hex(5)}"
+    admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    force = " WITH (FORCE)" if db == "postgresql" else ""
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield sa.make_url(db_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+        admin.dispose()
+
+
+@pytest.fixture
+def private_engine(private_url: str) -> Iterator[sa.Engine]:
+    eng = sa.create_engine(private_url, poolclass=sa.pool.NullPool)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
 def prefix() -> str:
     """A table prefix of this test's own, so tests never see each other's messages."""
     return f"t{secrets.token_hex(5)}"

@@ -8,7 +8,6 @@ squeal's ``version_locations``), and the ``squeal migrate`` console script in a 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -105,32 +104,6 @@ def drop_tables(engine: sa.Engine, prefix: str) -> Iterator[None]:
     """Drop every table of this test's prefix afterwards, whatever state the test left."""
     yield
     drop_prefix_tables(engine, prefix)
-
-
-@pytest.fixture
-def private_url(db: str, db_url: str) -> Iterator[str]:
-    """A database of this test's own, for tests that use the shared name ``alembic_version``."""
-    if db == "sqlite":
-        yield db_url  # already a fresh file
-        return
-    name = f"squeal_{secrets.token_hex(5)}"
-    admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    force = " WITH (FORCE)" if db == "postgresql" else ""
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield sa.make_url(db_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
-        admin.dispose()
-
-
-@pytest.fixture
-def private_engine(private_url: str) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(private_url, poolclass=sa.pool.NullPool)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture(params=["python -m squeal.cli", "squeal script"])

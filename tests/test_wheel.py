@@ -59,7 +59,8 @@ def test_wheel_contains_the_migrations_and_the_console_script(wheel: Path) -> No
     assert "squeal/_migrations/script.py.mako" in names
     versions = {n for n in names if n.startswith("squeal/_migrations/versions/")}
     shipped = {Path(n).name for n in versions}
-    in_repo = {p.name for p in (Path(__file__).parent.parent / "migrations/versions").glob("*.py")}
+    source = Path(__file__).parent.parent / "squeal" / "_migrations" / "versions"
+    in_repo = {p.name for p in source.glob("*.py")}
     assert in_repo <= shipped, versions
     assert any(n.startswith(f"{SCHEMA_REVISION}_") for n in shipped), versions
     assert "squeal/py.typed" in names

@@ -262,9 +262,16 @@ def migrate_command(args: argparse.Namespace) -> int:
     head = migrate.head()
     with connected_engine(url) as engine:
         where = f"prefix {prefix!r} at {shown(engine.url)}"
-        before = migrate.current(engine, prefix=prefix)
+        found = migrate.status(engine, prefix=prefix)
+        before = found.revision
         if action == "current":
-            print(_describe(before, head))
+            managed = (
+                f" (integrated: recorded in your application's {found.table}; "
+                "your alembic migrates it: alembic upgrade squeal@head)"
+                if found.integrated
+                else ""
+            )
+            print(_describe(before, head) + managed)
             return EXIT_OK
         if action == "upgrade":
             # Refuse an unsupported database or server before any DDL runs.

@@ -1,0 +1,64 @@
+"""Where squeal's revision is recorded: its own version table, or the application's.
+
+Isolated (``squeal migrate``, ``Queue.create``, ``alembic`` on squeal's own script location):
+``{prefix}_alembic_version``. Integrated (the application's Alembic runs squeal's branch beside
+its own): the application's ``alembic_version``, among the application's revisions. Every
+reader of the revision (the queue's schema check, ``squeal migrate``, ``squeal.alembic``) asks
+here, so the modes never disagree about whether the tables exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+#: The application's own version table (Alembic's default name).
+APPLICATION_VERSION_TABLE = "alembic_version"
+#: Every squeal revision id starts with this (and no revision of anyone else's may).
+REVISION_PREFIX = "squeal_"
+
+
+def version_table(prefix: str) -> str:
+    """The table where squeal records its revision for ``prefix`` when isolated."""
+    return f"{prefix}_alembic_version"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """squeal's revisions as the database records them for one prefix."""
+
+    #: The version table they are in (None: no table for them exists).
+    table: str | None
+    revisions: tuple[str, ...]
+
+    @property
+    def integrated(self) -> bool:
+        """Whether the application's Alembic records squeal's branch in its own table."""
+        return self.table == APPLICATION_VERSION_TABLE
+
+    @property
+    def revision(self) -> str | None:
+        """The one revision recorded (None: none, or more than one)."""
+        return self.revisions[0] if len(self.revisions) == 1 else None
+
+
+def recorded(conn: sa.Connection, prefix: str) -> Recorded:
+    """Read squeal's revision for ``prefix``: its own table first, then the application's."""
+    inspector = sa.inspect(conn)
+    own = version_table(prefix)
+    has_own = inspector.has_table(own)
+    if has_own and (versions := _versions(conn, own)):
+        return Recorded(own, versions)
+    if inspector.has_table(APPLICATION_VERSION_TABLE):
+        ours = tuple(
+            v for v in _versions(conn, APPLICATION_VERSION_TABLE) if v.startswith(REVISION_PREFIX)
+        )
+        if ours:
+            return Recorded(APPLICATION_VERSION_TABLE, ours)
+    return Recorded(own if has_own else None, ())
+
+
+def _versions(conn: sa.Connection, table: str) -> tuple[str, ...]:
+    version = sa.table(table, sa.column("version_num", sa.String()))
+    return tuple(str(v) for v in conn.execute(sa.select(version.c.version_num)).scalars())
