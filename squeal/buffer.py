@@ -219,6 +219,11 @@ class Buffer:
     def _next(self) -> Message | None:
         with self._guard:
             self._check_open()
+            # Quota held by settles pending in callers' transactions is freed once the
+            # database shows they committed.
+            pending = [m for m in self._outstanding.values() if m.pending]
+            if pending:
+                self.queue._resolve(pending)
             now = time.monotonic()
             for held in list(self._held.values()):
                 if self._renew_lock(held, now):
@@ -351,7 +356,10 @@ class Buffer:
                 del self._processing[message.topic]
 
     def _touch_all(self, messages: list[Message]) -> None:
-        """Touch ``messages``; those whose lease is lost are forgotten, the rest extended."""
+        """Touch ``messages``; those whose lease is lost are forgotten, the rest extended.
+        A message whose settle is pending in the caller's transaction is left alone (its row
+        may be locked by that transaction)."""
+        messages = [m for m in messages if not m.pending]
         while messages:
             try:
                 self.queue.touch_many(messages)

@@ -20,11 +20,16 @@ class Settler(Protocol):
     def ack(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         """Delete ``messages`` if their leases still hold (in ``connection``'s transaction)."""
 
-    def nack(self, messages: Sequence[Message], delay: float | None) -> None:
+    def nack(
+        self, messages: Sequence[Message], delay: float | None, connection: sa.Connection | None
+    ) -> None:
         """Count a failed attempt: redeliver after ``delay`` (None: backoff), or bury."""
 
-    def release(self, messages: Sequence[Message]) -> None:
+    def release(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         """Give ``messages`` back unprocessed."""
+
+    def resolve(self, messages: Sequence[Message]) -> None:
+        """Settle the pending ``messages`` whose leases the database shows are gone."""
 
     def touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
         """Extend the leases."""
@@ -40,12 +45,18 @@ class Message:
 
     Settle it once with :meth:`ack`, :meth:`nack` or :meth:`release`; :meth:`touch` extends the
     lease. Used as a context manager, leaving the block without settling it nacks it.
+
+    A settle with ``connection=`` runs in the caller's transaction, whose outcome squeal does
+    not hear of: the handle is then :attr:`pending`. The database tells the rest when the
+    handle is used again: after a commit a second settle raises AlreadySettled; after a
+    rollback the message is still leased to this handle, and settling it again works.
     """
 
     __slots__ = (
         "_enqueued_ms",
         "_is_settled",
         "_on_settle",
+        "_pending",
         "_settler",
         "attempts",
         "id",
@@ -70,6 +81,7 @@ class Message:
         #: Called once when the handle becomes settled (a Buffer frees its quota slot).
         self._on_settle: Callable[[Message], None] | None = None
         self._is_settled = False  # not through the setter: nothing to tell yet
+        self._pending = False
         self.id = id
         self.topic = topic
         self.payload = payload
@@ -91,8 +103,15 @@ class Message:
 
     @property
     def settled(self) -> bool:
-        """True once this consumer acked, nacked or released the message."""
+        """True once this consumer acked, nacked or released the message (for a settle in the
+        caller's transaction: once squeal learned that the transaction committed)."""
         return self._settled
+
+    @property
+    def pending(self) -> bool:
+        """True after a settle in the caller's transaction (``connection=``) until squeal
+        learns what became of it: when the handle is settled again, or a Buffer asks."""
+        return self._pending and not self._is_settled
 
     @property
     def _settled(self) -> bool:
@@ -110,13 +129,29 @@ class Message:
     def _settle(self) -> None:
         if self._settled:
             raise AlreadySettled(f"message {self.id} was already acked, nacked or released")
+        if self._pending:
+            # What became of the settle in the caller's transaction: the database decides.
+            self._settler.resolve([self])
+            if self._settled:
+                raise AlreadySettled(
+                    f"message {self.id} was settled in the caller's transaction, which committed"
+                )
+            self._pending = False  # rolled back: still leased to this handle
+
+    def _done(self, connection: sa.Connection | None) -> None:
+        """After a settle: settled, or pending on the caller's transaction."""
+        if connection is None:
+            self._settled = True
+        else:
+            self._pending = True
 
     def ack(self, *, connection: sa.Connection | None = None) -> None:
         """Mark the message done: it is deleted.
 
         Args:
             connection: a Connection inside the caller's transaction; the ack then commits or
-                rolls back with the caller's own writes (exactly-once effects).
+                rolls back with the caller's own writes (exactly-once effects), and the handle
+                is :attr:`pending` until squeal learns which.
 
         Raises:
             LeaseLost: another consumer re-claimed the message, or it is gone; nothing changed.
@@ -125,32 +160,38 @@ class Message:
         conn = check.connection(connection)
         self._settle()
         self._settler.ack([self], conn)
-        self._settled = True
+        self._done(conn)
 
-    def nack(self, *, delay: float | None = None) -> None:
+    def nack(self, *, delay: float | None = None, connection: sa.Connection | None = None) -> None:
         """Mark the attempt failed: redelivered after backoff, or dead after ``max_attempts``.
 
         Args:
             delay: seconds before redelivery instead of the queue's exponential backoff.
+            connection: a Connection inside the caller's transaction (as for :meth:`ack`).
 
         Raises:
             LeaseLost: the lease was taken over or the message is gone; nothing changed.
             AlreadySettled: this handle was already settled.
         """
+        conn = check.connection(connection)
         self._settle()
-        self._settler.nack([self], delay)
-        self._settled = True
+        self._settler.nack([self], delay, conn)
+        self._done(conn)
 
-    def release(self) -> None:
+    def release(self, *, connection: sa.Connection | None = None) -> None:
         """Give the message back unprocessed: ready now, and this attempt is not counted.
 
+        Args:
+            connection: a Connection inside the caller's transaction (as for :meth:`ack`).
+
         Raises:
             LeaseLost: the lease was taken over or the message is gone; nothing changed.
             AlreadySettled: this handle was already settled.
         """
+        conn = check.connection(connection)
         self._settle()
-        self._settler.release([self])
-        self._settled = True
+        self._settler.release([self], conn)
+        self._done(conn)
 
     def touch(self, visibility_timeout: float | None = None) -> None:
         """Extend the lease to ``visibility_timeout`` seconds from now (default: the queue's).
@@ -171,7 +212,9 @@ class Message:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._settled:
+        # A settle pending in the caller's transaction is not undone here: that transaction may
+        # still be open, and a nack would wait for its own row lock.
+        if not self._settled and not self._pending:
             self.nack()
 
 

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from squeal.dialects import migration_transaction, strategy_for
 from squeal.errors import ForeignRevision, ManagedElsewhere
 from squeal.recorded import REVISION_PREFIX, Recorded, recorded
-from squeal.schema import build_tables, validate_prefix
+from squeal.schema import build_tables, resolve_schema, validate_prefix, validate_schema
 
 #: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.
 BRANCH_LABEL = "squeal"
@@ -65,6 +65,7 @@ def _scripts() -> ScriptDirectory:
 def config(
     prefix: str = "squeal",
     *,
+    schema: str | None = None,
     connection: sa.Connection | None = None,
     url: str | None = None,
     output: io.TextIOBase | None = None,
@@ -73,6 +74,7 @@ def config(
     cfg = Config(output_buffer=output) if output is not None else Config()  # type: ignore[arg-type]
     cfg.set_main_option("script_location", str(script_location()))
     cfg.attributes["squeal.prefix"] = validate_prefix(prefix)
+    cfg.attributes["squeal.schema"] = validate_schema(schema)
     if connection is not None:
         cfg.attributes["connection"] = connection
     if url is not None:
@@ -88,8 +90,15 @@ def head() -> str:
     return heads[0]
 
 
-def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head") -> str | None:
-    """Create or upgrade squeal's tables for ``prefix`` to ``revision``.
+def upgrade(
+    engine: sa.Engine,
+    *,
+    prefix: str = "squeal",
+    schema: str | None = None,
+    revision: str = "head",
+) -> str | None:
+    """Create or upgrade squeal's tables for ``prefix`` (in ``schema``: see
+    :func:`squeal.schema.resolve_schema`) to ``revision``.
 
     Concurrent upgrades of one prefix (other processes, ``squeal migrate``, squeal's env.py
     under ``alembic``) take turns under a database lock; a later one finds nothing to do.
@@ -102,16 +111,17 @@ def upgrade(engine: sa.Engine, *, prefix: str = "squeal", revision: str = "head"
         UnsupportedDatabase: before any DDL runs, when squeal cannot run on this database.
         DatabaseBusy: another migration of this prefix held the lock for too long.
     """
-    strategy = strategy_for(engine, build_tables(prefix))
+    schema = resolve_schema(engine, schema)
+    strategy = strategy_for(engine, build_tables(prefix, schema))
     _scripts()
     with engine.connect() as conn:
         strategy.check_server(conn)
-        with migration_transaction(conn, prefix):
-            found = recorded(conn, prefix)
+        with migration_transaction(conn, prefix, schema):
+            found = recorded(conn, prefix, schema)
             if found.integrated:
                 return _integrated(found, prefix, revision)
             before = found.revision
-            command.upgrade(config(prefix, connection=conn), revision)
+            command.upgrade(config(prefix, schema=schema, connection=conn), revision)
     with engine.connect() as conn:
         strategy.after_migrate(conn)
         conn.commit()
@@ -122,6 +132,7 @@ def downgrade(
     engine: sa.Engine,
     *,
     prefix: str = "squeal",
+    schema: str | None = None,
     revision: str = "base",
     drop_version_table: bool = False,
 ) -> str | None:
@@ -129,29 +140,32 @@ def downgrade(
 
     Returns the revision the tables were at when this downgrade got the lock (None: none).
     """
+    schema = resolve_schema(engine, schema)
     _scripts()
-    with engine.connect() as conn, migration_transaction(conn, prefix):
-        found = recorded(conn, prefix)
+    with engine.connect() as conn, migration_transaction(conn, prefix, schema):
+        found = recorded(conn, prefix, schema)
         if found.integrated:
             raise _managed_elsewhere(found, prefix, "downgrade", "squeal@base")
         before = found.revision
-        command.downgrade(config(prefix, connection=conn), revision)
+        command.downgrade(config(prefix, schema=schema, connection=conn), revision)
         if drop_version_table and revision == "base":
-            sa.Table(version_table(prefix), sa.MetaData()).drop(conn, checkfirst=True)
+            version = sa.Table(version_table(prefix), sa.MetaData(schema=schema))
+            version.drop(conn, checkfirst=True)
     return before
 
 
-def current(engine: sa.Engine, *, prefix: str = "squeal") -> str | None:
+def current(engine: sa.Engine, *, prefix: str = "squeal", schema: str | None = None) -> str | None:
     """The revision squeal's tables are at, or None when they do not exist (isolated or
     integrated alike: see :func:`status`)."""
-    return status(engine, prefix=prefix).revision
+    return status(engine, prefix=prefix, schema=schema).revision
 
 
-def status(engine: sa.Engine, *, prefix: str = "squeal") -> Recorded:
+def status(engine: sa.Engine, *, prefix: str = "squeal", schema: str | None = None) -> Recorded:
     """Where and at which revision squeal's tables for ``prefix`` are recorded: their own
     version table (isolated) or the application's ``alembic_version`` (integrated)."""
+    schema = resolve_schema(engine, schema)
     with engine.connect() as conn:
-        return recorded(conn, validate_prefix(prefix))
+        return recorded(conn, validate_prefix(prefix), schema)
 
 
 def _integrated(found: Recorded, prefix: str, revision: str) -> str | None:
@@ -171,13 +185,18 @@ def _managed_elsewhere(found: Recorded, prefix: str, verb: str, target: str) -> 
     )
 
 
-def schema_diff(engine: sa.Engine, *, prefix: str = "squeal") -> list[Any]:
+def schema_diff(
+    engine: sa.Engine, *, prefix: str = "squeal", schema: str | None = None
+) -> list[Any]:
     """What autogenerate would change to reach squeal's declared tables (empty: they match).
 
     Only this prefix's tables are compared; the application's own tables are ignored.
     """
+    schema = resolve_schema(engine, schema)
 
     def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        if type_ == "schema":
+            return name == schema
         return type_ != "table" or str(name).startswith(f"{prefix}_")
 
     with engine.connect() as conn:
@@ -185,15 +204,23 @@ def schema_diff(engine: sa.Engine, *, prefix: str = "squeal") -> list[Any]:
             conn,
             opts={
                 "include_name": include_name,
+                "include_schemas": schema is not None,
                 "version_table": version_table(prefix),
+                "version_table_schema": schema,
                 "compare_type": True,
                 "compare_server_default": True,
             },
         )
-        return list(compare_metadata(ctx, build_tables(prefix).metadata))
+        return list(compare_metadata(ctx, build_tables(prefix, schema).metadata))
 
 
-def sql(engine_or_url: sa.Engine | str, *, prefix: str = "squeal", revision: str = "head") -> str:
+def sql(
+    engine_or_url: sa.Engine | str,
+    *,
+    prefix: str = "squeal",
+    schema: str | None = None,
+    revision: str = "head",
+) -> str:
     """The DDL of an upgrade to ``revision``, as SQL text for a DBA (nothing is executed)."""
     url = (
         engine_or_url
@@ -202,7 +229,7 @@ def sql(engine_or_url: sa.Engine | str, *, prefix: str = "squeal", revision: str
     )
     _scripts()
     out = io.StringIO()
-    command.upgrade(config(prefix, url=url, output=out), revision, sql=True)
+    command.upgrade(config(prefix, schema=schema, url=url, output=out), revision, sql=True)
     return out.getvalue()
 
 
@@ -222,3 +249,18 @@ def migration_prefix() -> str:
         or "squeal"
     )
     return validate_prefix(prefix)
+
+
+def migration_schema() -> str | None:
+    """The schema a running migration works in (called from env.py and the revision scripts):
+    ``config.attributes`` from squeal, ``-x squeal_schema=...`` or ``squeal_schema`` in an
+    application's ini; default None (the connection's default schema)."""
+    from alembic import context
+
+    cfg = context.config
+    if "squeal.schema" in cfg.attributes:
+        return validate_schema(cfg.attributes["squeal.schema"])
+    schema = context.get_x_argument(as_dictionary=True).get("squeal_schema") or (
+        cfg.get_main_option("squeal_schema")
+    )
+    return validate_schema(schema or None)

@@ -22,7 +22,7 @@ from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
-from squeal.schema import READY, WAITING, build_tables, text_value
+from squeal.schema import READY, WAITING, build_tables, resolve_schema, text_value
 from squeal.session import Session, wrap
 from squeal.topic_lock import TopicLock, TopicLocks
 from squeal.waiting import Poller, waiter_for
@@ -47,6 +47,9 @@ class Queue:
     Args:
         engine: the application's SQLAlchemy Engine (PostgreSQL, MySQL/MariaDB or SQLite).
         prefix: table-name prefix; lowercase letters, digits and ``_``.
+        schema: the schema (MySQL/MariaDB: database) of the tables; default: what the engine's
+            ``schema_translate_map`` maps unqualified tables to, else the connection's default.
+            SQLite has none.
         visibility_timeout: seconds a claimed message stays leased before it is redelivered.
         new_message_delay: default seconds before a new message becomes visible.
         failure_base_delay: backoff after the first failed attempt; doubles per attempt.
@@ -71,6 +74,7 @@ class Queue:
         engine: sa.Engine,
         *,
         prefix: str = "squeal",
+        schema: str | None = None,
         visibility_timeout: float = 60.0,
         new_message_delay: float = 0.0,
         failure_base_delay: float = 1.0,
@@ -83,7 +87,7 @@ class Queue:
     ) -> None:
         if not isinstance(engine, sa.Engine):
             raise InvalidType(f"engine must be a sqlalchemy Engine, not {type(engine).__name__}")
-        self._tables = build_tables(prefix)
+        self._tables = build_tables(prefix, resolve_schema(engine, schema))
         self.visibility_timeout = check.seconds(
             visibility_timeout, "visibility_timeout", positive=True
         )
@@ -128,11 +132,17 @@ class Queue:
         return self._tables.prefix
 
     @property
+    def schema(self) -> str | None:
+        """The schema of the tables (None: the connection's default)."""
+        return self._tables.schema
+
+    @property
     def _max_attempts(self) -> int:
         return _UNLIMITED_ATTEMPTS if self.max_attempts is None else self.max_attempts
 
     def __repr__(self) -> str:
-        return f"<Queue prefix={self.prefix!r} {self.engine.url.render_as_string()}>"
+        where = "" if self.schema is None else f" schema={self.schema!r}"
+        return f"<Queue prefix={self.prefix!r}{where} {self.engine.url.render_as_string()}>"
 
     def close(self) -> None:
         """Close the database connections this queue keeps (it reopens them if used again).
@@ -157,7 +167,9 @@ class Queue:
         """
         from squeal import migrate
 
-        self._migrating(lambda: migrate.upgrade(self.engine, prefix=self.prefix), "create")
+        self._migrating(
+            lambda: migrate.upgrade(self.engine, prefix=self.prefix, schema=self.schema), "create"
+        )
 
     def destroy(self) -> None:
         """Drop every table squeal created for this prefix, messages included.
@@ -169,7 +181,11 @@ class Queue:
 
         self._migrating(
             lambda: migrate.downgrade(
-                self.engine, prefix=self.prefix, revision="base", drop_version_table=True
+                self.engine,
+                prefix=self.prefix,
+                schema=self.schema,
+                revision="base",
+                drop_version_table=True,
             ),
             "destroy",
         )
@@ -483,17 +499,25 @@ class Queue:
             LeaseLost: some leases were lost; the others are acked (``message_id`` names the
                 first lost one). With ``connection=``, roll back to undo them all.
         """
+        conn = check.connection(connection)
         batch = _unsettled(messages)
-        self._ack(batch, check.connection(connection))
+        self._ack(batch, conn)
         for msg in batch:
-            msg._settled = True
+            msg._done(conn)
 
-    def nack_many(self, messages: Sequence[Message], *, delay: float | None = None) -> None:
+    def nack_many(
+        self,
+        messages: Sequence[Message],
+        *,
+        delay: float | None = None,
+        connection: sa.Connection | None = None,
+    ) -> None:
         """Nack several messages (see :meth:`Message.nack`)."""
+        conn = check.connection(connection)
         batch = _unsettled(messages)
-        self._nack(batch, delay)
+        self._nack(batch, delay, conn)
         for msg in batch:
-            msg._settled = True
+            msg._done(conn)
 
     def touch_many(
         self, messages: Sequence[Message], *, visibility_timeout: float | None = None
@@ -534,7 +558,9 @@ class Queue:
             raise
         log.settled("ack", messages)
 
-    def _nack(self, messages: Sequence[Message], delay: float | None) -> None:
+    def _nack(
+        self, messages: Sequence[Message], delay: float | None, connection: sa.Connection | None
+    ) -> None:
         fixed = None if delay is None else check.seconds(delay, "delay")
         params = [
             {
@@ -547,14 +573,14 @@ class Queue:
         ]
         for topic in {m.topic for m in messages}:
             self._scopes.reopen(topic)
-        self._update_each(self._strategy.nack, params, messages, "nack")
+        self._update_each(self._strategy.nack, params, messages, "nack", connection)
         log.nacked(messages, params, self._max_attempts)
 
-    def _release(self, messages: Sequence[Message]) -> None:
+    def _release(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         params = [{"msg_id": m.id, "token": m.lease_token} for m in messages]
         for topic in {m.topic for m in messages}:
             self._scopes.reopen(topic)
-        self._update_each(self._strategy.release, params, messages, "release")
+        self._update_each(self._strategy.release, params, messages, "release", connection)
         log.settled("release", messages)
 
     def _touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
@@ -574,8 +600,10 @@ class Queue:
         params: list[dict[str, Any]],
         messages: Sequence[Message],
         operation: str,
+        connection: sa.Connection | None = None,
     ) -> None:
-        """Run a lease-fenced UPDATE per message in one transaction; LeaseLost if any missed."""
+        """Run a lease-fenced UPDATE per message in one transaction (the caller's, with
+        ``connection``); LeaseLost if any missed."""
         if not messages:
             return
 
@@ -589,10 +617,24 @@ class Queue:
                 )
 
         try:
-            self._session.write(run, None, atomic=len(messages) > 1, commit_on=LeaseLost)
+            self._session.write(run, connection, atomic=len(messages) > 1, commit_on=LeaseLost)
         except LeaseLost as lost:
             log.lease_lost(operation, messages, lost.message_id)
             raise
+
+    def _resolve(self, messages: Sequence[Message]) -> None:
+        """Settle each pending message whose lease the database shows is gone: the settle in
+        the caller's transaction committed. (A lease that still holds: it rolled back, or is
+        still open; either way the message stays this handle's.)"""
+        pending = [m for m in messages if m.pending]
+        if not pending:
+            return
+        ids = {"ids": [m.id for m in pending]}
+        rows = self._session.read(lambda ex: ex.rows(self._strategy.leases, ids))
+        holding = {(int(id_), int(token)) for id_, token in rows if token is not None}
+        for msg in pending:
+            if (msg.id, msg.lease_token) not in holding:
+                msg._settled = True
 
     def _backoff(self, attempts: int) -> float:
         """``failure_base_delay * 2**(attempts-1)``, capped, with up to 25% jitter below it."""
@@ -789,11 +831,16 @@ class _Settlement:
     def ack(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         self._queue._ack(messages, connection)
 
-    def nack(self, messages: Sequence[Message], delay: float | None) -> None:
-        self._queue._nack(messages, delay)
+    def nack(
+        self, messages: Sequence[Message], delay: float | None, connection: sa.Connection | None
+    ) -> None:
+        self._queue._nack(messages, delay, connection)
 
-    def release(self, messages: Sequence[Message]) -> None:
-        self._queue._release(messages)
+    def release(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
+        self._queue._release(messages, connection)
+
+    def resolve(self, messages: Sequence[Message]) -> None:
+        self._queue._resolve(messages)
 
     def touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
         self._queue._touch(messages, visibility_timeout)

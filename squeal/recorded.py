@@ -43,22 +43,25 @@ class Recorded:
         return self.revisions[0] if len(self.revisions) == 1 else None
 
 
-def recorded(conn: sa.Connection, prefix: str) -> Recorded:
-    """Read squeal's revision for ``prefix``: its own table first, then the application's."""
+def recorded(conn: sa.Connection, prefix: str, schema: str | None = None) -> Recorded:
+    """Read squeal's revision for ``prefix`` in ``schema``: its own table first, then the
+    application's."""
     inspector = sa.inspect(conn)
     own = version_table(prefix)
-    has_own = inspector.has_table(own)
-    if has_own and (versions := _versions(conn, own)):
+    has_own = inspector.has_table(own, schema=schema)
+    if has_own and (versions := _versions(conn, own, schema)):
         return Recorded(own, versions)
-    if inspector.has_table(APPLICATION_VERSION_TABLE):
+    if inspector.has_table(APPLICATION_VERSION_TABLE, schema=schema):
         ours = tuple(
-            v for v in _versions(conn, APPLICATION_VERSION_TABLE) if v.startswith(REVISION_PREFIX)
+            v
+            for v in _versions(conn, APPLICATION_VERSION_TABLE, schema)
+            if v.startswith(REVISION_PREFIX)
         )
         if ours:
             return Recorded(APPLICATION_VERSION_TABLE, ours)
     return Recorded(own if has_own else None, ())
 
 
-def _versions(conn: sa.Connection, table: str) -> tuple[str, ...]:
-    version = sa.table(table, sa.column("version_num", sa.String()))
+def _versions(conn: sa.Connection, table: str, schema: str | None) -> tuple[str, ...]:
+    version = sa.table(table, sa.column("version_num", sa.String()), schema=schema)
     return tuple(str(v) for v in conn.execute(sa.select(version.c.version_num)).scalars())

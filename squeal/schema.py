@@ -35,16 +35,57 @@ def in_state(column: sa.ColumnElement[Any], state: int) -> sa.ColumnElement[bool
 MAX_TEXT_LENGTH = 255
 
 
+def _identifier(value: object, what: str, pattern: re.Pattern[str], most: int, rule: str) -> str:
+    """``value`` if it is a str matching ``pattern`` of at most ``most`` characters, else raise."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a str, not {type(value).__name__}")
+    if not pattern.match(value) or len(value) > most:
+        raise ValidationError(f"{what} {value!r} must be 1-{most} characters of {rule}")
+    return value
+
+
 def validate_prefix(prefix: object) -> str:
     """Return ``prefix`` if it is a safe, untruncated identifier stem, else raise."""
-    if not isinstance(prefix, str):
-        raise ValidationError(f"prefix must be a str, not {type(prefix).__name__}")
-    if not _PREFIX_RE.match(prefix) or len(prefix) > MAX_PREFIX_LENGTH:
+    return _identifier(
+        prefix, "prefix", _PREFIX_RE, MAX_PREFIX_LENGTH, "a-z, 0-9 and _, starting with a letter"
+    )
+
+
+#: A schema (MySQL/MariaDB: a database) name squeal accepts: a plain identifier.
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_SCHEMA_LENGTH = 63
+
+
+def validate_schema(schema: object) -> str | None:
+    """Return ``schema`` (None: the connection's default) if it is a plain identifier."""
+    if schema is None:
+        return None
+    return _identifier(
+        schema,
+        "schema",
+        _SCHEMA_RE,
+        MAX_SCHEMA_LENGTH,
+        "letters, digits and _, not starting with a digit",
+    )
+
+
+def resolve_schema(engine: sa.Engine, schema: object = None) -> str | None:
+    """The one place that decides where squeal's tables live for ``engine``.
+
+    ``schema`` when given; else the schema the engine's ``schema_translate_map`` maps
+    unqualified tables to (so migrations, squeal's own statements and a caller's connection
+    from that engine agree); else None, the connection's default schema. SQLite has none.
+    """
+    chosen = validate_schema(schema)
+    if chosen is None:
+        mapped = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)
+        chosen = validate_schema(mapped)
+    if chosen is not None and engine.dialect.name == "sqlite":
         raise ValidationError(
-            f"prefix {prefix!r} must be 1-{MAX_PREFIX_LENGTH} characters of a-z, 0-9 and _, "
-            "starting with a letter"
+            f"SQLite has no schemas (schema {chosen!r}): use another database file, or a "
+            "prefix, to keep queues apart"
         )
-    return prefix
+    return chosen
 
 
 class ExactText(sa.types.TypeDecorator[str]):
@@ -111,6 +152,8 @@ class Tables:
     """The tables of one prefix."""
 
     prefix: str
+    #: The schema (MySQL/MariaDB: database) they live in; None: the connection's default.
+    schema: str | None
     metadata: sa.MetaData
     message: sa.Table
     #: One row per topic held by a consumer (``Queue.acquire_topic``); the row outlives its
@@ -121,10 +164,11 @@ class Tables:
     dedup: sa.Table
 
 
-def build_tables(prefix: str) -> Tables:
-    """Declare squeal's tables for ``prefix`` on a fresh MetaData."""
+def build_tables(prefix: str, schema: str | None = None) -> Tables:
+    """Declare squeal's tables for ``prefix`` (in ``schema``) on a fresh MetaData."""
     prefix = validate_prefix(prefix)
-    metadata = sa.MetaData()
+    schema = validate_schema(schema)
+    metadata = sa.MetaData(schema=schema)
     message = sa.Table(
         f"{prefix}_message",
         metadata,
@@ -164,5 +208,10 @@ def build_tables(prefix: str) -> Tables:
         sa.Index(f"{prefix}_dedup_expiry_ix", "expires_at"),
     )
     return Tables(
-        prefix=prefix, metadata=metadata, message=message, topic_lock=topic_lock, dedup=dedup
+        prefix=prefix,
+        schema=schema,
+        metadata=metadata,
+        message=message,
+        topic_lock=topic_lock,
+        dedup=dedup,
     )

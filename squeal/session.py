@@ -41,10 +41,12 @@ def wrap(error: BaseException, action: str) -> DatabaseError:
     return DatabaseError(f"{action} failed: {type(source).__name__}: {first_line}")
 
 
-def migrate_hint(engine: sa.Engine, prefix: str) -> str:
+def migrate_hint(engine: sa.Engine, prefix: str, schema: str | None = None) -> str:
     """The shell command that brings this database's squeal tables up to date."""
     url = engine.url.render_as_string(hide_password=True)
     option = "" if prefix == "squeal" else f" --prefix {prefix}"
+    if schema is not None:
+        option += f" --schema {schema}"
     return f"squeal migrate --url '{url}'{option}   (or Queue.create(), or alembic upgrade)"
 
 
@@ -252,16 +254,18 @@ class Session:
             return
         self.server = self.strategy.check_server(conn)
         prefix = self.tables.prefix
-        command = migrate_hint(self.engine, prefix)
-        if not sa.inspect(conn).has_table(self.tables.message.name):
+        command = migrate_hint(self.engine, prefix, self.tables.schema)
+        schema = self.tables.schema
+        where = f"prefix {prefix!r}" + ("" if schema is None else f" in schema {schema!r}")
+        if not sa.inspect(conn).has_table(self.tables.message.name, schema=schema):
             raise SchemaMissing(
-                f"squeal's tables for prefix {prefix!r} do not exist; run: {command}",
+                f"squeal's tables for {where} do not exist; run: {command}",
                 command=command,
             )
-        found = list(recorded(conn, prefix).revisions)
+        found = list(recorded(conn, prefix, schema).revisions)
         if found != [SCHEMA_REVISION]:
             raise SchemaOutOfDate(
-                f"squeal's tables for prefix {prefix!r} are at revision {found or 'unknown'}; "
+                f"squeal's tables for {where} are at revision {found or 'unknown'}; "
                 f"this squeal needs {SCHEMA_REVISION}; run: {command}",
                 command=command,
             )

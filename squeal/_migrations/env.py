@@ -2,7 +2,8 @@
 
 Works when squeal calls it (``squeal.migrate``, ``squeal migrate``, ``Queue.create``) and under
 the plain ``alembic`` command: set ``script_location`` to this folder and ``sqlalchemy.url``
-(or pass ``-x url=...``); pass ``-x squeal_prefix=...`` for a prefix other than ``squeal``.
+(or pass ``-x url=...``); pass ``-x squeal_prefix=...`` for a prefix other than ``squeal`` and
+``-x squeal_schema=...`` for a schema (MySQL/MariaDB: database) other than the connection's.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import sqlalchemy as sa
 from alembic import context
 
 from squeal.dialects import migration_transaction
-from squeal.migrate import migration_prefix, version_table
+from squeal.migrate import migration_prefix, migration_schema, version_table
 from squeal.schema import build_tables
 
 config = context.config
 prefix = migration_prefix()
-target_metadata = build_tables(prefix).metadata
+schema = migration_schema()
+target_metadata = build_tables(prefix, schema).metadata
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Autogenerate looks only at this prefix's tables, never at the application's."""
+    if type_ == "schema":
+        return name == schema
     if type_ == "table":
         return bool(name) and str(name).startswith(f"{prefix}_")
     return True
@@ -41,6 +45,8 @@ def _configure(**kw: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         version_table=version_table(prefix),
+        version_table_schema=schema,
+        include_schemas=schema is not None,
         include_name=include_name,
         compare_type=True,
         render_as_batch=True,
@@ -64,7 +70,7 @@ def run_online() -> None:
     # Under the plain alembic command: the same lock as squeal.migrate, so that concurrent
     # upgrades of one prefix take turns (squeal.migrate holds it before passing a connection).
     engine = sa.create_engine(_url(), poolclass=sa.pool.NullPool)
-    with engine.connect() as conn, migration_transaction(conn, prefix):
+    with engine.connect() as conn, migration_transaction(conn, prefix, schema):
         _configure(connection=conn)
         with context.begin_transaction():
             context.run_migrations()

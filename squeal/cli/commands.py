@@ -113,6 +113,11 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         default=DEFAULT_PREFIX if defaults else argparse.SUPPRESS,
         help=f"table-name prefix of the queue's tables (default: {DEFAULT_PREFIX})",
     )
+    parser.add_argument(
+        "--schema",
+        default=None if defaults else argparse.SUPPRESS,
+        help="schema of the queue's tables (MySQL/MariaDB: database; default: the connection's)",
+    )
 
 
 def database_url(args: argparse.Namespace) -> sa.URL:
@@ -126,6 +131,17 @@ def database_url(args: argparse.Namespace) -> sa.URL:
             "invalid --url: expected dialect+driver://user:password@host:port/database",
             EXIT_USAGE,
         ) from None
+
+
+def table_schema(args: argparse.Namespace) -> str | None:
+    """The validated ``--schema`` (None: the connection's default)."""
+    from squeal.errors import ValidationError
+    from squeal.schema import validate_schema
+
+    try:
+        return validate_schema(getattr(args, "schema", None))
+    except ValidationError as exc:
+        raise CommandError(f"invalid --schema: {exc}", EXIT_USAGE) from None
 
 
 def table_prefix(args: argparse.Namespace) -> str:
@@ -235,10 +251,11 @@ def migrate_command(args: argparse.Namespace) -> int:
     action, revision = _migrate_plan(args)
     url = database_url(args)
     prefix = table_prefix(args)
+    schema = table_schema(args)
 
     from squeal import migrate
     from squeal.dialects import strategy_for
-    from squeal.schema import build_tables
+    from squeal.schema import build_tables, resolve_schema
 
     if args.sql:
         try:
@@ -246,6 +263,7 @@ def migrate_command(args: argparse.Namespace) -> int:
                 migrate.sql(
                     url.render_as_string(hide_password=False),
                     prefix=prefix,
+                    schema=schema,
                     revision=revision or "head",
                 )
             )
@@ -262,7 +280,7 @@ def migrate_command(args: argparse.Namespace) -> int:
     head = migrate.head()
     with connected_engine(url) as engine:
         where = f"prefix {prefix!r} at {shown(engine.url)}"
-        found = migrate.status(engine, prefix=prefix)
+        found = migrate.status(engine, prefix=prefix, schema=schema)
         before = found.revision
         if action == "current":
             managed = (
@@ -275,15 +293,19 @@ def migrate_command(args: argparse.Namespace) -> int:
             return EXIT_OK
         if action == "upgrade":
             # Refuse an unsupported database or server before any DDL runs.
-            strategy = strategy_for(engine, build_tables(prefix))
+            strategy = strategy_for(engine, build_tables(prefix, resolve_schema(engine, schema)))
             with engine.connect() as conn:
                 strategy.check_server(conn)
             # What the tables were at once this run held the migration lock: a run that waited
             # for a concurrent one finds the work done and says so.
-            before = migrate.upgrade(engine, prefix=prefix, revision=revision or "head")
+            before = migrate.upgrade(
+                engine, prefix=prefix, schema=schema, revision=revision or "head"
+            )
         else:
-            before = migrate.downgrade(engine, prefix=prefix, revision=revision or "base")
-        after = migrate.current(engine, prefix=prefix)
+            before = migrate.downgrade(
+                engine, prefix=prefix, schema=schema, revision=revision or "base"
+            )
+        after = migrate.current(engine, prefix=prefix, schema=schema)
     if before == after:
         print(f"squeal: {where} is already at {_describe(after, head)}")
     else:
@@ -308,13 +330,14 @@ def open_queue(args: argparse.Namespace, **options: object) -> Iterator[Queue]:
 
     url = database_url(args)
     prefix = table_prefix(args)
+    schema = table_schema(args)
     if _sqlite_file_missing(url):
         raise CommandError(
             f"no SQLite file at {shown(url)}; create the queue with: "
             f"squeal migrate --url '{shown(url)}' --prefix {prefix}"
         )
     with connected_engine(url) as engine:
-        queue = Queue(engine, prefix=prefix, **options)  # type: ignore[arg-type]
+        queue = Queue(engine, prefix=prefix, schema=schema, **options)  # type: ignore[arg-type]
         try:
             yield queue
         finally:

@@ -62,14 +62,19 @@ def health_for(dialect: sa.Dialect, tables: Tables) -> Health:
 
 @contextmanager
 def migration_transaction(
-    conn: sa.Connection, prefix: str, *, timeout: float = MIGRATION_LOCK_SECONDS
+    conn: sa.Connection,
+    prefix: str,
+    schema: str | None = None,
+    *,
+    timeout: float = MIGRATION_LOCK_SECONDS,
 ) -> Iterator[None]:
-    """Run the body in one transaction on ``conn`` while holding ``prefix``'s migration lock.
+    """Run the body in one transaction on ``conn`` while holding the migration lock of
+    ``prefix`` in ``schema``.
 
     An unsupported database raises UnsupportedDatabase: squeal never migrates unlocked (a
     concurrent run could interleave its DDL).
     """
-    lock = bundle_for(conn.dialect).migration_lock(prefix)
+    lock = bundle_for(conn.dialect).migration_lock(prefix, schema)
     with locked_transaction(conn, lock, timeout=timeout):
         yield
 

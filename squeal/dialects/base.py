@@ -143,6 +143,10 @@ class Strategy:
             # other queue objects; their sweeps find it in the due index (squeal.claim_scope).
             .values(state=WAITING, visible_at=now, lease_token=None, attempts=m.c.attempts - 1)
         )
+        #: The leases of some messages: (id, token) of each that is still leased.
+        self.leases = sa.select(m.c.id, m.c.lease_token).where(
+            m.c.id.in_(sa.bindparam("ids", expanding=True)), in_state(m.c.state, WAITING)
+        )
         self.touch = (
             sa.update(m)
             .where(lease, sa.not_(in_state(m.c.state, DEAD)))
@@ -222,8 +226,9 @@ class Strategy:
     isolation_level: ClassVar[str | None] = None
 
     def server_version(self, connection: sa.Connection) -> tuple[int, ...]:
-        """The server's version as a tuple of ints."""
-        info = self.dialect.server_version_info or ()
+        """The server's version as a tuple of ints (as ``connection``'s engine found it: the
+        caller's connection may come from another engine than the queue's, not yet connected)."""
+        info = connection.dialect.server_version_info or self.dialect.server_version_info or ()
         return tuple(int(v) for v in info if isinstance(v, int))
 
     def check_server(self, connection: sa.Connection) -> Server:

@@ -68,9 +68,16 @@ class Health:
         return {}
 
     def per_table(self, conn: sa.Connection, sql: str) -> Sequence[Any]:
-        """Rows of ``sql``, whose ``:names`` is the list of squeal's table names."""
+        """Rows of ``sql``, whose ``:names`` is the list of squeal's table names (and
+        ``:schema`` their schema, when it has one)."""
         statement = sa.text(sql).bindparams(sa.bindparam("names", expanding=True))
-        return conn.execute(statement, {"names": self.names}).all()
+        return conn.execute(statement, {"names": self.names, **self.in_schema}).all()
+
+    @property
+    def in_schema(self) -> dict[str, str]:
+        """The ``:schema`` parameter of the queries, when the tables have a schema."""
+        schema = self.tables.schema
+        return {} if schema is None else {"schema": schema}
 
     def findings(self, conn: sa.Connection) -> list[Finding]:
         """Run every check; a check the connection may not run says so instead of failing."""
@@ -100,6 +107,13 @@ class PostgreSQLHealth(Health):
     label = "PostgreSQL"
     snapshot_sql = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 
+    @property
+    def _schemas(self) -> str:
+        """Where squeal's tables are: their schema, or the search path's."""
+        if self.tables.schema is None:
+            return "schemaname = ANY(current_schemas(false))"
+        return "schemaname = :schema"
+
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._autovacuum, self._dead_rows, self._oldest_snapshot]
 
@@ -108,9 +122,9 @@ class PostgreSQLHealth(Health):
             sa.text(
                 "SELECT n_live_tup, n_dead_tup, pg_table_size(relid), pg_indexes_size(relid) "
                 "FROM pg_stat_user_tables "
-                "WHERE relname = :name AND schemaname = ANY(current_schemas(false))"
+                f"WHERE relname = :name AND {self._schemas}"
             ),
-            {"name": self.tables.message.name},
+            {"name": self.tables.message.name, **self.in_schema},
         ).first()
         if row is None:
             return {}
@@ -143,7 +157,7 @@ class PostgreSQLHealth(Health):
             "SELECT relname, n_live_tup, n_dead_tup, pg_total_relation_size(relid), "
             "EXTRACT(EPOCH FROM now() - GREATEST(last_autovacuum, last_vacuum)) "
             "FROM pg_stat_user_tables "
-            "WHERE relname IN :names AND schemaname = ANY(current_schemas(false))",
+            f"WHERE relname IN :names AND {self._schemas}",
         )
         found = []
         for name, live, dead, size, since in rows:
@@ -197,6 +211,11 @@ class MySQLHealth(Health):
     label = "MySQL"
     snapshot_sql = "START TRANSACTION WITH CONSISTENT SNAPSHOT"
 
+    @property
+    def _database(self) -> str:
+        """The database squeal's tables are in: their schema, or the connection's."""
+        return "DATABASE()" if self.tables.schema is None else ":schema"
+
     def checks(self) -> list[Callable[[sa.Connection], list[Finding]]]:
         return [self._history_list, self._oldest_transaction, self._table_sizes]
 
@@ -214,9 +233,9 @@ class MySQLHealth(Health):
         row = conn.execute(
             sa.text(
                 "SELECT data_length, index_length FROM information_schema.TABLES "
-                "WHERE table_schema = DATABASE() AND table_name = :name"
+                f"WHERE table_schema = {self._database} AND table_name = :name"
             ),
-            {"name": self.tables.message.name},
+            {"name": self.tables.message.name, **self.in_schema},
         ).first()
         if row is not None:
             found["table_mib"] = row[0] / 1048576
@@ -275,7 +294,7 @@ class MySQLHealth(Health):
             conn,
             "SELECT table_name, table_rows, data_length + index_length, data_free "
             "FROM information_schema.TABLES "
-            "WHERE table_schema = DATABASE() AND table_name IN :names",
+            f"WHERE table_schema = {self._database} AND table_name IN :names",
         )
         return [
             Finding(

@@ -32,8 +32,11 @@ class MigrationLock:
 
     label: ClassVar[str] = "database"
 
-    def __init__(self, prefix: str) -> None:
-        self.name = f"squeal.migrate.{prefix}"
+    def __init__(self, prefix: str, schema: str | None = None) -> None:
+        # The schema is part of the name (two schemas with one prefix never block each other);
+        # without one the name is what earlier versions of squeal used.
+        where = prefix if schema is None else f"{schema}.{prefix}"
+        self.name = f"squeal.migrate.{where}"
 
     def acquire(self, conn: sa.Connection, deadline: float) -> None:
         """Take the lock before the migration's transaction begins."""

@@ -91,13 +91,9 @@ class MySQLStrategy(Strategy):
     label: ClassVar[str] = "MySQL"
     min_version: ClassVar[tuple[int, ...]] = (8, 0, 1)
 
-    @property
-    def _is_mariadb(self) -> bool:
-        return bool(getattr(self.dialect, "is_mariadb", False))
-
     def check_server(self, connection: sa.Connection) -> Server:
         limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
-        if not self._is_mariadb:
+        if not getattr(connection.dialect, "is_mariadb", False):
             found = super().check_server(connection)
         else:
             found = Server(self.server_version(connection))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar
@@ -54,6 +55,10 @@ def _array_of(select: sa.SelectBase) -> sa.ColumnElement[Any]:
     return sa.any_(sa.func.array(select.scalar_subquery()))
 
 
+#: PostgreSQL's longest identifier (channel names included), in bytes.
+_MAX_IDENTIFIER = 63
+
+
 class PostgreSQLStrategy(Strategy):
     """Claims with ``FOR UPDATE SKIP LOCKED`` inside a single UPDATE ... RETURNING."""
 
@@ -90,8 +95,17 @@ class PostgreSQLStrategy(Strategy):
 
     @property
     def wake_channel(self) -> str | None:
-        """``PREFIX_wake``: a valid identifier, since the prefix is one."""
-        return f"{self.tables.prefix}_wake" if self.notify else None
+        """``PREFIX_wake`` (``SCHEMA.PREFIX_wake`` in a schema: two schemas with one prefix
+        never wake each other's consumers); quoted where it is listened to."""
+        if not self.notify:
+            return None
+        schema = self.tables.schema
+        channel = f"{self.tables.prefix}_wake"
+        if schema is not None:
+            channel = f"{schema}.{channel}"
+        if len(channel.encode()) > _MAX_IDENTIFIER:  # PostgreSQL would cut it short
+            channel = "squeal_wake_" + hashlib.sha256(channel.encode()).hexdigest()[:40]
+        return channel
 
     def insert(
         self,

@@ -62,6 +62,25 @@ def test_quota_one_per_topic_and_an_ack_frees_the_next_message_of_the_same_topic
     buffer.close()
 
 
+def test_an_ack_in_the_callers_transaction_frees_the_quota_once_it_committed(
+    queue: Queue, engine: sa.Engine
+) -> None:
+    queue.put_many([b"a1", b"a2"], "a")
+    with Buffer(queue) as buffer:
+        first = _get(buffer)
+        with engine.connect() as conn:
+            first.ack(connection=conn)
+            assert buffer.get() is None  # not committed: the slot stays taken
+            conn.rollback()
+        assert buffer.get() is None  # rolled back: still leased to this handle
+        with engine.begin() as conn:
+            first.ack(connection=conn)
+        second = _get(buffer)  # committed: the Buffer learned it from the database
+        assert second.payload == b"a2"
+        assert first.settled
+        second.ack()
+
+
 def test_buffer_delivers_every_message_once_in_priority_then_fifo_order_per_topic(
     queue: Queue,
 ) -> None:

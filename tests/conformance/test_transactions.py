@@ -145,7 +145,7 @@ def test_ack_in_a_committed_transaction_deletes_the_message(
     msg = _claim(queue, "t")
     with engine.begin() as conn:
         msg.ack(connection=conn)
-    assert msg.settled is True
+    assert (msg.settled, msg.pending) == (False, True)  # squeal did not see the commit
     assert queue.stats() == {}
 
 
@@ -237,3 +237,89 @@ def test_ack_with_connection_of_an_expired_unclaimed_lease_succeeds(
         msg.ack(connection=conn)
     assert _effect_rows(engine, effects) == [(msg.id, "late")]
     assert queue.stats() == {}
+
+
+# -- settles pending in the caller's transaction ------------------------------------------------
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack", "release"])
+def test_a_settle_in_a_committed_transaction_is_pending_then_a_second_settle_is_refused(
+    queue: Queue, engine: sa.Engine, settle: str
+) -> None:
+    queue.put(b"x", "t")
+    msg = _claim(queue, "t")
+    with engine.begin() as conn:
+        getattr(msg, settle)(connection=conn)
+        assert msg.pending
+    assert not msg.settled
+    with pytest.raises(squeal.AlreadySettled, match="committed"):
+        msg.nack()
+    assert (msg.settled, msg.pending) == (True, False)
+    with pytest.raises(squeal.AlreadySettled):
+        msg.ack()
+    assert _leased(queue, "t") == 0
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack", "release"])
+def test_a_settle_in_a_rolled_back_transaction_leaves_the_handle_free_to_settle_again(
+    queue: Queue, engine: sa.Engine, settle: str
+) -> None:
+    queue.put(b"x", "t")
+    msg = _claim(queue, "t")
+    with engine.connect() as conn:
+        getattr(msg, settle)(connection=conn)
+        conn.rollback()
+    assert msg.pending
+    msg.release()  # the database still holds this handle's lease: it works
+    assert msg.settled
+    again = _claim(queue, "t")
+    assert again.id == msg.id
+    again.ack()
+
+
+def test_leaving_a_with_block_does_not_nack_a_message_acked_in_an_open_transaction(
+    queue: Queue, engine: sa.Engine
+) -> None:
+    queue.put(b"x", "t")
+    with engine.connect() as conn:
+        with _claim(queue, "t") as msg:
+            msg.ack(connection=conn)
+        # A nack here would have waited for the row lock of this very transaction.
+        assert msg.pending
+        conn.commit()
+    assert queue.stats() == {}
+    with pytest.raises(squeal.AlreadySettled):
+        msg.release()
+
+
+def test_nack_many_in_the_callers_transaction_commits_with_it(
+    queue: Queue, engine: sa.Engine
+) -> None:
+    queue.put_many([b"a", b"b"], "t")
+    msgs = queue.get_many("t", 5)
+    with engine.connect() as conn:
+        queue.nack_many(msgs, delay=0, connection=conn)
+        conn.rollback()
+    assert _leased(queue, "t") == 2
+    with engine.begin() as conn:
+        queue.nack_many(msgs, delay=0, connection=conn)
+    assert _leased(queue, "t") == 0
+    assert sorted(m.id for m in queue.get_many("t", 5)) == sorted(m.id for m in msgs)
+
+
+def test_put_through_another_engine_is_the_queues_first_call(
+    queue: Queue, db_url: str, engine: sa.Engine
+) -> None:
+    # The queue's own engine has never connected (its dialect knows no server version yet):
+    # the server check reads the caller's connection.
+    fresh = Queue(sa.create_engine(db_url), prefix=queue.prefix)
+    try:
+        with engine.begin() as conn:
+            fresh.put(b"outbox", "t", connection=conn)
+        got = _claim(queue, "t")
+        assert got.payload == b"outbox"
+        with engine.begin() as conn:
+            got.ack(connection=conn)
+    finally:
+        fresh.close()
+        fresh.engine.dispose()

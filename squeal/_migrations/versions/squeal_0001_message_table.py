@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from squeal.migrate import migration_prefix
+from squeal.migrate import migration_prefix, migration_schema
 
 revision = "squeal_0001"
 down_revision = None
@@ -40,7 +40,7 @@ def _payload() -> sa.types.TypeEngine[bytes]:
 
 
 def upgrade() -> None:
-    p = migration_prefix()
+    p, s = migration_prefix(), migration_schema()
     op.create_table(
         f"{p}_message",
         sa.Column("id", _id(), nullable=False, autoincrement=True),
@@ -56,13 +56,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=f"{p}_message_pk"),
         sa.UniqueConstraint("topic", "dedup_key", name=f"{p}_message_dedup_uq"),
         sqlite_autoincrement=True,
+        schema=s,
     )
     op.create_index(
-        f"{p}_message_claim_ix", f"{p}_message", ["topic", "state", "neg_priority", "id"]
+        f"{p}_message_claim_ix",
+        f"{p}_message",
+        ["topic", "state", "neg_priority", "id"],
+        schema=s,
     )
-    op.create_index(f"{p}_message_due_ix", f"{p}_message", ["topic", "visible_at"])
+    op.create_index(f"{p}_message_due_ix", f"{p}_message", ["topic", "visible_at"], schema=s)
 
 
 def downgrade() -> None:
-    p = migration_prefix()
-    op.drop_table(f"{p}_message")
+    p, s = migration_prefix(), migration_schema()
+    op.drop_table(f"{p}_message", schema=s)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from squeal.migrate import migration_prefix
+from squeal.migrate import migration_prefix, migration_schema
 
 revision = "squeal_0002"
 down_revision = "squeal_0001"
@@ -30,13 +30,14 @@ def _exact_text() -> sa.types.TypeEngine[Any]:
 
 
 def upgrade() -> None:
-    p = migration_prefix()
+    p, s = migration_prefix(), migration_schema()
     op.create_table(
         f"{p}_topic_lock",
         sa.Column("topic", _exact_text(), nullable=False),
         sa.Column("token", sa.BigInteger(), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("topic", name=f"{p}_topic_lock_pk"),
+        schema=s,
     )
     op.create_table(
         f"{p}_dedup",
@@ -44,11 +45,12 @@ def upgrade() -> None:
         sa.Column("dedup_key", _exact_text(), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("topic", "dedup_key", name=f"{p}_dedup_pk"),
+        schema=s,
     )
-    op.create_index(f"{p}_dedup_expiry_ix", f"{p}_dedup", ["expires_at"])
+    op.create_index(f"{p}_dedup_expiry_ix", f"{p}_dedup", ["expires_at"], schema=s)
 
 
 def downgrade() -> None:
-    p = migration_prefix()
-    op.drop_table(f"{p}_dedup")
-    op.drop_table(f"{p}_topic_lock")
+    p, s = migration_prefix(), migration_schema()
+    op.drop_table(f"{p}_dedup", schema=s)
+    op.drop_table(f"{p}_topic_lock", schema=s)
