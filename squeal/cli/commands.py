@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -716,6 +717,10 @@ def worker_command(args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
             ack_in_transaction=args.ack_in_transaction,
         )
+        # From the announcement on, SIGTERM/SIGINT stop the worker gracefully (run() installs
+        # its own handlers; one arriving before it does must not kill the process).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _signum, _frame: worker.stop())
         print(
             f"squeal worker: consuming {', '.join(worker.topics)} with {args.handler}",
             file=sys.stderr,
