@@ -188,13 +188,17 @@ class Buffer:
         """Release everything: prefetched messages (no attempt counted), then the locks.
 
         Messages handed out and not settled yet are nacked, as leaving a message's own ``with``
-        block does. Closing twice does nothing.
+        block does (not those whose settle is pending in the caller's transaction). Closing twice
+        does nothing.
         """
         with self._guard:
             if self._closed:
                 return
             self._closed = True
             for message in list(self._outstanding.values()):
+                if message.pending:  # settled in the caller's transaction: not ours to undo
+                    self._outstanding.pop(message.id, None)
+                    continue
                 try:
                     message.nack()
                 except (LeaseLost, AlreadySettled):
