@@ -13,10 +13,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from squeal.dialects import migration_transaction, strategy_for
+from squeal.dialects import migration_transaction, resolve_schema, strategy_for
 from squeal.errors import ForeignRevision, ManagedElsewhere
 from squeal.recorded import REVISION_PREFIX, Recorded, recorded
-from squeal.schema import build_tables, resolve_schema, validate_prefix, validate_schema
+from squeal.schema import build_tables, validate_prefix, validate_schema
 
 #: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.
 BRANCH_LABEL = "squeal"
@@ -98,7 +98,7 @@ def upgrade(
     revision: str = "head",
 ) -> str | None:
     """Create or upgrade squeal's tables for ``prefix`` (in ``schema``: see
-    :func:`squeal.schema.resolve_schema`) to ``revision``.
+    :func:`squeal.dialects.resolve_schema`) to ``revision``.
 
     Concurrent upgrades of one prefix (other processes, ``squeal migrate``, squeal's env.py
     under ``alembic``) take turns under a database lock; a later one finds nothing to do.

@@ -15,14 +15,14 @@ from squeal import log
 from squeal import validation as check
 from squeal.admin import AdminStatements
 from squeal.claim_scope import ClaimScopes
-from squeal.dialects import health_for, locking_for, strategy_for, windows_for
+from squeal.dialects import health_for, locking_for, resolve_schema, strategy_for, windows_for
 from squeal.dialects.base import ClaimedRow, ClaimScope, in_claim_order
 from squeal.dialects.dedup import SWEEP_EVERY
 from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
-from squeal.schema import READY, WAITING, build_tables, resolve_schema, text_value
+from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session, wrap
 from squeal.topic_lock import TopicLock, TopicLocks
 from squeal.waiting import Poller, waiter_for

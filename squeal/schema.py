@@ -69,25 +69,6 @@ def validate_schema(schema: object) -> str | None:
     )
 
 
-def resolve_schema(engine: sa.Engine, schema: object = None) -> str | None:
-    """The one place that decides where squeal's tables live for ``engine``.
-
-    ``schema`` when given; else the schema the engine's ``schema_translate_map`` maps
-    unqualified tables to (so migrations, squeal's own statements and a caller's connection
-    from that engine agree); else None, the connection's default schema. SQLite has none.
-    """
-    chosen = validate_schema(schema)
-    if chosen is None:
-        mapped = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)
-        chosen = validate_schema(mapped)
-    if chosen is not None and engine.dialect.name == "sqlite":
-        raise ValidationError(
-            f"SQLite has no schemas (schema {chosen!r}): use another database file, or a "
-            "prefix, to keep queues apart"
-        )
-    return chosen
-
-
 class ExactText(sa.types.TypeDecorator[str]):
     """A string of up to 255 characters that compares byte for byte on every database.
 

@@ -255,8 +255,8 @@ def migrate_command(args: argparse.Namespace) -> int:
     schema = table_schema(args)
 
     from squeal import migrate
-    from squeal.dialects import strategy_for
-    from squeal.schema import build_tables, resolve_schema
+    from squeal.dialects import resolve_schema, strategy_for
+    from squeal.schema import build_tables
 
     if args.sql:
         try:

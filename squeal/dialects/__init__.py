@@ -18,8 +18,8 @@ from squeal.dialects.dedup import Windows
 from squeal.dialects.health import Health
 from squeal.dialects.locking import Locking
 from squeal.dialects.migration_lock import MIGRATION_LOCK_SECONDS, locked_transaction
-from squeal.errors import UnsupportedDatabase
-from squeal.schema import Tables
+from squeal.errors import UnsupportedDatabase, ValidationError
+from squeal.schema import Tables, validate_schema
 
 #: Every supported database, by SQLAlchemy dialect name.
 BUNDLES: dict[str, Bundle] = {
@@ -60,6 +60,26 @@ def health_for(dialect: sa.Dialect, tables: Tables) -> Health:
     return bundle_for(dialect).health(tables)
 
 
+def resolve_schema(engine: sa.Engine, schema: object = None) -> str | None:
+    """The one place that decides where squeal's tables live for ``engine``.
+
+    ``schema`` when given; else the schema the engine's ``schema_translate_map`` maps
+    unqualified tables to (so migrations, squeal's own statements and a caller's connection
+    from that engine agree); else None, the connection's default schema.
+
+    Raises:
+        ValidationError: a bad name, or a schema on a database without schemas (SQLite).
+    """
+    chosen = validate_schema(schema)
+    if chosen is None:
+        mapped = (engine.get_execution_options().get("schema_translate_map") or {}).get(None)
+        chosen = validate_schema(mapped)
+    refusal = bundle_for(engine.dialect).no_schemas
+    if chosen is not None and refusal is not None:
+        raise ValidationError(f"{refusal} (schema {chosen!r})")
+    return chosen
+
+
 @contextmanager
 def migration_transaction(
     conn: sa.Connection,
@@ -87,6 +107,7 @@ __all__ = [
     "health_for",
     "locking_for",
     "migration_transaction",
+    "resolve_schema",
     "strategy_for",
     "windows_for",
 ]

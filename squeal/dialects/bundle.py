@@ -25,6 +25,8 @@ class Bundle:
     windows: type[Windows]
     migration_lock: type[MigrationLock]
     health: type[Health]
+    #: Why tables cannot live in a schema other than the connection's (None: they can).
+    no_schemas: str | None = None
 
 
 __all__ = ["Bundle"]

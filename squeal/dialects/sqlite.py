@@ -130,4 +130,5 @@ BUNDLE = Bundle(
     windows=SQLiteWindows,
     migration_lock=SQLiteMigrationLock,
     health=SQLiteHealth,
+    no_schemas="SQLite has no schemas: use another database file, or a prefix, to keep them apart",
 )
