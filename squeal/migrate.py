@@ -14,8 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from squeal.dialects import migration_transaction, resolve_schema, strategy_for
-from squeal.errors import ForeignRevision, ManagedElsewhere
-from squeal.recorded import REVISION_PREFIX, Recorded, recorded
+from squeal.errors import ForeignRevision, ManagedElsewhere, SchemaOutOfDate
+from squeal.recorded import REVISION_PREFIX, Fit, Recorded, fit, recorded
 from squeal.schema import build_tables, validate_prefix, validate_schema
 
 #: The branch label of squeal's revisions, for ``version_locations`` in an application's alembic.
@@ -121,6 +121,8 @@ def upgrade(
             if found.integrated:
                 return _integrated(found, prefix, revision)
             before = found.revision
+            if _ahead(found, prefix, "upgrade"):
+                return before
             command.upgrade(config(prefix, schema=schema, connection=conn), revision)
     with engine.connect() as conn:
         strategy.after_migrate(conn)
@@ -147,6 +149,11 @@ def downgrade(
         if found.integrated:
             raise _managed_elsewhere(found, prefix, "downgrade", "squeal@base")
         before = found.revision
+        if _ahead(found, prefix, "downgrade"):
+            raise SchemaOutOfDate(
+                f"squeal's tables for prefix {prefix!r} are at revision {before}, which this "
+                f"squeal does not know: downgrade them with the squeal version that migrated them"
+            )
         command.downgrade(config(prefix, schema=schema, connection=conn), revision)
         if drop_version_table and revision == "base":
             version = sa.Table(version_table(prefix), sa.MetaData(schema=schema))
@@ -166,6 +173,24 @@ def status(engine: sa.Engine, *, prefix: str = "squeal", schema: str | None = No
     schema = resolve_schema(engine, schema)
     with engine.connect() as conn:
         return recorded(conn, validate_prefix(prefix), schema)
+
+
+def _ahead(found: Recorded, prefix: str, verb: str) -> bool:
+    """Whether the tables are at a later revision than this squeal knows: another version of
+    squeal migrated them (a rolling upgrade, with this process still on the old version).
+
+    Raises:
+        SchemaOutOfDate: on an upgrade, when that revision is not marked compatible with this
+            squeal's (see :func:`squeal.recorded.fit`), so this squeal cannot run on it.
+    """
+    how = fit(found.revisions, head()) if found.revisions else Fit.BEHIND
+    if how is Fit.AHEAD and verb == "upgrade":
+        raise SchemaOutOfDate(
+            f"squeal's tables for prefix {prefix!r} are at revision {found.revision}, newer "
+            f"than this squeal ({head()}) and not marked compatible with it: run the squeal "
+            f"version that migrated them"
+        )
+    return how in (Fit.AHEAD, Fit.COMPATIBLE)
 
 
 def _integrated(found: Recorded, prefix: str, revision: str) -> str | None:

@@ -9,6 +9,8 @@ here, so the modes never disagree about whether the tables exist.
 
 from __future__ import annotations
 
+import enum
+import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -17,6 +19,49 @@ import sqlalchemy as sa
 APPLICATION_VERSION_TABLE = "alembic_version"
 #: Every squeal revision id starts with this (and no revision of anyone else's may).
 REVISION_PREFIX = "squeal_"
+
+
+#: A squeal revision id: ``squeal_NNNN``, or ``squeal_NNNN_compat_MMMM`` for a revision whose
+#: tables the code written for revision MMMM (and every later one) still runs on: it only
+#: adds (a table, an index, a nullable column) what older code never reads.
+_REVISION_ID = re.compile(r"squeal_(\d{4})(?:_compat_(\d{4}))?")
+
+
+class Fit(enum.Enum):
+    """How tables at one revision fit code written for another (see :func:`fit`)."""
+
+    #: The revision the code was written for.
+    CURRENT = "current"
+    #: A later revision, marked compatible with the code's own: the code runs on it.
+    COMPATIBLE = "compatible"
+    #: An earlier revision (or none, or several): migrate.
+    BEHIND = "behind"
+    #: A later revision the code cannot run on: run the squeal that migrated the tables.
+    AHEAD = "ahead"
+
+
+def _number(revision: str) -> tuple[int, int | None] | None:
+    match = _REVISION_ID.fullmatch(revision)
+    if match is None:
+        return None
+    compat = match.group(2)
+    return int(match.group(1)), None if compat is None else int(compat)
+
+
+def fit(found: tuple[str, ...], own: str) -> Fit:
+    """How tables recorded at ``found`` fit code written for revision ``own``.
+
+    This is what lets workers of the previous version keep running (and restart) after a
+    rolling upgrade migrated the tables: a revision that only adds says so in its id.
+    """
+    if found == (own,):
+        return Fit.CURRENT
+    mine = _number(own)
+    theirs = _number(found[0]) if len(found) == 1 else None
+    if mine is None or theirs is None or theirs[0] <= mine[0]:
+        return Fit.BEHIND
+    compat = theirs[1]
+    return Fit.COMPATIBLE if compat is not None and compat <= mine[0] else Fit.AHEAD
 
 
 def version_table(prefix: str) -> str:

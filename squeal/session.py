@@ -16,7 +16,7 @@ from squeal.drivers import Driver, driver_for
 from squeal.errors import DatabaseBusy, DatabaseError, SchemaMissing, SchemaOutOfDate
 from squeal.executor import CallerExecutor, Executor, RawExecutor
 from squeal.prepared import Prepared
-from squeal.recorded import recorded
+from squeal.recorded import Fit, fit, recorded
 from squeal.schema import SCHEMA_REVISION, Tables
 from squeal.server import UNKNOWN, Server
 
@@ -262,10 +262,17 @@ class Session:
                 f"squeal's tables for {where} do not exist; run: {command}",
                 command=command,
             )
-        found = list(recorded(conn, prefix, schema).revisions)
-        if found != [SCHEMA_REVISION]:
+        found = recorded(conn, prefix, schema).revisions
+        how = fit(found, SCHEMA_REVISION)
+        if how is Fit.AHEAD:
             raise SchemaOutOfDate(
-                f"squeal's tables for {where} are at revision {found or 'unknown'}; "
+                f"squeal's tables for {where} are at revision {found[0]}, newer than this "
+                f"squeal ({SCHEMA_REVISION}) and not marked compatible with it: run the squeal "
+                f"version that migrated them",
+            )
+        if how is Fit.BEHIND:
+            raise SchemaOutOfDate(
+                f"squeal's tables for {where} are at revision {list(found) or 'unknown'}; "
                 f"this squeal needs {SCHEMA_REVISION}; run: {command}",
                 command=command,
             )

@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 
 import squeal
 from squeal import Queue, migrate
+from squeal.recorded import Fit, fit
 from squeal.schema import SCHEMA_REVISION, build_tables
 from tests import needs
 
@@ -268,6 +269,147 @@ def test_queue_on_tables_at_another_revision_raises_schema_out_of_date(
     assert SCHEMA_REVISION in str(error.value)
     with pytest.raises(squeal.SchemaOutOfDate):
         q.get("t")
+
+
+# -- a rolling upgrade: the previous version's workers on a later version's tables ----------------
+
+LATER_REVISION_SCRIPT = """\
+\"\"\"A later squeal's revision (written by tests/test_migrations.py): adds a table.\"\"\"
+
+import sqlalchemy as sa
+from alembic import op
+
+from squeal.migrate import migration_prefix, migration_schema
+
+revision = {revision!r}
+down_revision = {down_revision!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table(
+        f"{{migration_prefix()}}_later",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        schema=migration_schema(),
+    )
+
+
+def downgrade():
+    op.drop_table(f"{{migration_prefix()}}_later", schema=migration_schema())
+"""
+
+
+def later_revision(*, compatible: bool) -> str:
+    """The id the next revision after this squeal's head would have: ``squeal_NNNN``, or
+    ``squeal_NNNN_compat_MMMM`` when it only adds, so this squeal's code still runs on it."""
+    number = int(SCHEMA_REVISION.removeprefix("squeal_"))
+    later = f"squeal_{number + 1:04d}"
+    return f"{later}_compat_{number:04d}" if compatible else later
+
+
+@pytest.fixture
+def migrate_as_later_squeal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[sa.Engine, str, str], None]:
+    """Migrate as the next version of squeal would: its migrations are this version's, plus
+    one revision. What runs afterwards is this version: the old workers of a rolling upgrade."""
+
+    def migrate_as_later(engine: sa.Engine, prefix: str, revision: str) -> None:
+        folder = tmp_path / "later_migrations"
+        shutil.copytree(
+            migrate.script_location(), folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        script = LATER_REVISION_SCRIPT.format(revision=revision, down_revision=SCHEMA_REVISION)
+        (folder / "versions" / f"{revision}_later.py").write_text(script)
+        with monkeypatch.context() as later:
+            later.setattr(migrate, "script_location", lambda: folder)
+            assert migrate.head() == revision
+            migrate.upgrade(engine, prefix=prefix)
+
+    return migrate_as_later
+
+
+@pytest.mark.usefixtures("drop_tables")
+def test_old_workers_keep_running_and_restart_on_a_later_compatible_revision(
+    engine: sa.Engine, prefix: str, migrate_as_later_squeal: Callable[[sa.Engine, str, str], None]
+) -> None:
+    later = later_revision(compatible=True)
+    migrate.upgrade(engine, prefix=prefix)
+    running = Queue(engine, prefix=prefix)
+    running.put(b"before", "t")
+
+    migrate_as_later_squeal(engine, prefix, later)
+    assert f"{prefix}_later" in prefix_tables(engine, prefix)
+    assert migrate.current(engine, prefix=prefix) == later
+
+    # A worker that was running goes on; one of the same (old) version restarting starts.
+    message = running.get("t")
+    assert message is not None
+    assert message.payload == b"before"
+    message.ack()
+    restarted = Queue(engine, prefix=prefix)
+    restarted.put(b"after", "t")
+    again = restarted.get("t")
+    assert again is not None
+    assert again.payload == b"after"
+    again.ack()
+    # Its entrypoint's `squeal migrate` finds nothing to do and changes nothing.
+    assert migrate.upgrade(engine, prefix=prefix) == later
+    assert migrate.current(engine, prefix=prefix) == later
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "squeal.cli",
+            "migrate",
+            "--url",
+            str(engine.url.render_as_string(hide_password=False)),
+            "--prefix",
+            prefix,
+        ],
+        cwd=Path.cwd(),
+    )
+    assert result.returncode == 0, ran(result)
+    assert f"already at {later} (a later squeal's revision, which this squeal" in result.stdout
+    # Only the squeal that migrated the tables may take them down again.
+    with pytest.raises(squeal.SchemaOutOfDate, match="squeal version that migrated them"):
+        migrate.downgrade(engine, prefix=prefix)
+
+
+@pytest.mark.usefixtures("drop_tables")
+def test_old_code_on_a_later_revision_not_marked_compatible_stops_with_advice(
+    engine: sa.Engine, prefix: str, migrate_as_later_squeal: Callable[[sa.Engine, str, str], None]
+) -> None:
+    later = later_revision(compatible=False)
+    migrate.upgrade(engine, prefix=prefix)
+    migrate_as_later_squeal(engine, prefix, later)
+    q = Queue(engine, prefix=prefix)
+    with pytest.raises(squeal.SchemaOutOfDate, match="newer than this squeal") as error:
+        q.put(b"x", "t")
+    assert later in str(error.value)
+    assert "squeal migrate" not in str(error.value)
+    with pytest.raises(squeal.SchemaOutOfDate, match="not marked compatible"):
+        migrate.upgrade(engine, prefix=prefix)
+
+
+@pytest.mark.parametrize(
+    ("found", "fits"),
+    [
+        (("squeal_0002",), Fit.CURRENT),
+        (("squeal_0001",), Fit.BEHIND),
+        ((), Fit.BEHIND),
+        (("squeal_0002", "squeal_0001"), Fit.BEHIND),
+        (("0000",), Fit.BEHIND),
+        (("squeal_0003_compat_0002",), Fit.COMPATIBLE),
+        (("squeal_0004_compat_0001",), Fit.COMPATIBLE),
+        (("squeal_0004_compat_0003",), Fit.AHEAD),
+        (("squeal_0003",), Fit.AHEAD),
+        (("squeal_0002_compat_0001",), Fit.BEHIND),
+    ],
+)
+def test_which_revisions_code_at_squeal_0002_runs_on(found: tuple[str, ...], fits: Fit) -> None:
+    assert fit(found, "squeal_0002") is fits
 
 
 @pytest.mark.usefixtures("drop_tables")

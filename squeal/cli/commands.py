@@ -239,7 +239,16 @@ def _sqlite_file_missing(url: sa.URL) -> bool:
 def _describe(revision: str | None, head: str) -> str:
     if revision is None:
         return "base (no tables)"
-    return f"{revision} (head)" if revision == head else revision
+    from squeal.recorded import Fit, fit
+
+    if revision == head:
+        return f"{revision} (head)"
+    how = fit((revision,), head)
+    if how is Fit.COMPATIBLE:
+        return f"{revision} (a later squeal's revision, which this squeal, at {head}, runs on)"
+    if how is Fit.AHEAD:
+        return f"{revision} (a later squeal's revision; this squeal, at {head}, cannot run on it)"
+    return revision
 
 
 @command(
