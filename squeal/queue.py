@@ -485,7 +485,9 @@ class Queue:
                 scope=scope,
             )
         )
-        self._scopes.claimed(topic, scope, started=started, rows=rows, asked=limit)
+        self._scopes.claimed(
+            topic, scope, started=started, finished=time.monotonic(), rows=rows, asked=limit
+        )
         return scope, rows
 
     # -- settling -------------------------------------------------------------------------------
