@@ -26,6 +26,7 @@ from types import TracebackType
 
 from squeal import log
 from squeal import validation as check
+from squeal.bridge import sleep as pause_for
 from squeal.errors import (
     AlreadyReleased,
     AlreadySettled,
@@ -135,7 +136,7 @@ class Buffer:
             remaining = deadline - time.monotonic()
             if message is not None or remaining <= 0:
                 return message
-            time.sleep(min(pause, remaining))
+            pause_for(min(pause, remaining))
             pause = min(pause * 2, 1.0)
 
     def __iter__(self) -> Iterator[Message]:

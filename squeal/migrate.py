@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from squeal.bridge import sync_engine
 from squeal.dialects import migration_transaction, resolve_schema, strategy_for
 from squeal.errors import ForeignRevision, ManagedElsewhere, SchemaOutOfDate
 from squeal.recorded import REVISION_PREFIX, Fit, Recorded, fit, recorded
@@ -111,6 +112,7 @@ def upgrade(
         UnsupportedDatabase: before any DDL runs, when squeal cannot run on this database.
         DatabaseBusy: another migration of this prefix held the lock for too long.
     """
+    engine = sync_engine(engine, instead="squeal.aio.upgrade")
     schema = resolve_schema(engine, schema)
     strategy = strategy_for(engine, build_tables(prefix, schema))
     _scripts()
@@ -142,6 +144,7 @@ def downgrade(
 
     Returns the revision the tables were at when this downgrade got the lock (None: none).
     """
+    engine = sync_engine(engine, instead="squeal.aio.downgrade")
     schema = resolve_schema(engine, schema)
     _scripts()
     with engine.connect() as conn, migration_transaction(conn, prefix, schema):
@@ -164,12 +167,14 @@ def downgrade(
 def current(engine: sa.Engine, *, prefix: str = "squeal", schema: str | None = None) -> str | None:
     """The revision squeal's tables are at, or None when they do not exist (isolated or
     integrated alike: see :func:`status`)."""
+    engine = sync_engine(engine, instead="squeal.aio.current")
     return status(engine, prefix=prefix, schema=schema).revision
 
 
 def status(engine: sa.Engine, *, prefix: str = "squeal", schema: str | None = None) -> Recorded:
     """Where and at which revision squeal's tables for ``prefix`` are recorded: their own
     version table (isolated) or the application's ``alembic_version`` (integrated)."""
+    engine = sync_engine(engine, instead="squeal.aio.status")
     schema = resolve_schema(engine, schema)
     with engine.connect() as conn:
         return recorded(conn, validate_prefix(prefix), schema)
@@ -217,6 +222,7 @@ def schema_diff(
 
     Only this prefix's tables are compared; the application's own tables are ignored.
     """
+    engine = sync_engine(engine, instead="squeal.aio.schema_diff")
     schema = resolve_schema(engine, schema)
 
     def include_name(name: str | None, type_: str, parent_names: Any) -> bool:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from squeal import log
 from squeal import validation as check
 from squeal.admin import AdminStatements
+from squeal.bridge import sync_engine
 from squeal.claim_scope import ClaimScopes
 from squeal.dialects import health_for, locking_for, resolve_schema, strategy_for, windows_for
 from squeal.dialects.base import ClaimedRow, ClaimScope, in_claim_order
@@ -85,8 +86,7 @@ class Queue:
         topic_lock_timeout: float = 900.0,
         dedup_window: float | None = None,
     ) -> None:
-        if not isinstance(engine, sa.Engine):
-            raise InvalidType(f"engine must be a sqlalchemy Engine, not {type(engine).__name__}")
+        engine = sync_engine(engine, instead="squeal.aio.AsyncQueue", used_now=False)
         self._tables = build_tables(prefix, resolve_schema(engine, schema))
         self.visibility_timeout = check.seconds(
             visibility_timeout, "visibility_timeout", positive=True

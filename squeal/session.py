@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from squeal.bridge import sleep as pause_for
+from squeal.bridge import usable_here
 from squeal.connections import ConnectionStash, detect_dead_peer
 from squeal.dialects.base import Strategy
 from squeal.drivers import Driver, driver_for
@@ -29,7 +31,8 @@ RETRY_SECONDS = 30.0
 RECONNECT_ATTEMPTS = 3
 #: Pools whose connections cannot be detached: every checkout is the same connection.
 _SHARED_CONNECTION_POOLS = (sa.pool.StaticPool, sa.pool.SingletonThreadPool, sa.pool.AssertionPool)
-#: The version table an application's own alembic uses when it runs squeal's revisions.
+#: What an engine of an asyncio driver needs instead of a Queue.
+_ASYNC_QUEUE = "squeal.aio.AsyncQueue"
 
 
 def wrap(error: BaseException, action: str) -> DatabaseError:
@@ -68,6 +71,8 @@ class Session:
         shared = isinstance(engine.pool, _SHARED_CONNECTION_POOLS)
         native = self.driver.native and not shared
         self._stash = ConnectionStash(engine, self._prepare) if native else None
+        #: An asyncio driver's engine: usable only inside the bridge (squeal.aio).
+        self._bridged = engine.dialect.is_async
 
     def _prepare(self, dbapi: Any) -> None:
         """Set up a connection squeal keeps: the driver's autocommit, the database's session."""
@@ -117,7 +122,10 @@ class Session:
     def _in_callers(self, work: Callable[[Executor], T], connection: sa.Connection) -> T:
         # Wrapped errors are raised outside the except block, so that neither __cause__ nor
         # __context__ carries the original (whose text can include bound parameters).
+        if self._bridged:
+            usable_here(self.engine, instead=_ASYNC_QUEUE)
         try:
+            self.driver.adopt(connection.connection.dbapi_connection)
             self._ensure_schema(connection)
             return work(CallerExecutor(connection, self.server))
         except sa.exc.SQLAlchemyError as error:
@@ -132,6 +140,8 @@ class Session:
         atomic: bool,
         commit_on: type[BaseException] | None,
     ) -> T:
+        if self._bridged:
+            usable_here(self.engine, instead=_ASYNC_QUEUE)
         if not self._schema_ok:
             self._check_schema()
         deadline = 0.0
@@ -158,7 +168,7 @@ class Session:
                     log.debug(
                         "squeal: transient database error, retrying: %s", type(error).__name__
                     )
-                    time.sleep(pause * (0.5 + random.random()))
+                    pause_for(pause * (0.5 + random.random()))
                     pause = min(pause * 2, 0.25)
             if failure is not None:
                 raise failure
@@ -188,7 +198,12 @@ class Session:
         except self._driver_errors():
             link.close()  # its state is unknown: never reuse it
             raise
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Cancelled (asyncio) or interrupted while a statement may be in flight: the
+                # connection's state is unknown too.
+                link.close()
+                raise
             try:
                 ex.rollback()
             except BaseException:

@@ -12,15 +12,19 @@ Usage from a wait loop: take ``mark()`` *before* a claim that found nothing, the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 import sqlalchemy as sa
 
+from squeal.bridge import await_
+from squeal.bridge import sleep as pause_for
 from squeal.drivers.base import Driver
 
 #: Longest pause between two claims while waiting (the fallback when notifications are missed).
@@ -43,8 +47,7 @@ class Poller:
 
     def wait(self, mark: int, timeout: float) -> None:
         """Sleep ``timeout`` seconds."""
-        if timeout > 0:
-            time.sleep(timeout)
+        pause_for(timeout)
 
     def close(self) -> None:
         """Nothing to close."""
@@ -143,6 +146,77 @@ class Listener(Poller):
                 dbapi.close()
 
 
+class AsyncListener(Poller):
+    """One LISTEN connection per queue on an asyncio driver, used inside the bridge.
+
+    The driver delivers each notification to a callback on the event loop (asyncpg's own
+    listener; a reader task for psycopg); the callback bumps the generation and wakes every
+    waiter, which awaits an ``asyncio.Event`` with the loop free meanwhile.
+    """
+
+    first_pause: float = RECHECK
+    max_pause: float = RECHECK
+
+    def __init__(self, engine: sa.Engine, channel: str, driver: Driver) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._driver = driver
+        self._generation = 0
+        self._dbapi: Any = None
+        self._stop: Callable[[], None] | None = None
+        self._woken: asyncio.Event | None = None
+
+    def _notified(self) -> None:
+        self._generation += 1
+        if self._woken is not None:
+            self._woken.set()
+            self._woken = asyncio.Event()
+
+    def mark(self) -> int:
+        """The current generation; also starts listening, so later puts are not missed."""
+        if self._dbapi is None:
+            self._connect()
+        return self._generation
+
+    def wait(self, mark: int, timeout: float) -> None:
+        """Return when a notification came after ``mark``, or after ``timeout`` seconds."""
+        if self._generation != mark or timeout <= 0:
+            return
+        if self._woken is None:  # not listening (unreachable): plain polling
+            pause_for(timeout)
+            return
+        with suppress(TimeoutError):
+            await_(asyncio.wait_for(self._woken.wait(), timeout))
+
+    def _connect(self) -> None:
+        try:
+            fairy = self._engine.raw_connection()
+            fairy.detach()
+            dbapi: Any = fairy.dbapi_connection
+            self._driver.autocommit(dbapi)
+            quoted = '"' + self._channel.replace('"', '""') + '"'
+            self._woken = asyncio.Event()
+            self._stop = self._driver.listen_async(dbapi, quoted, self._notified)
+        except Exception:  # unreachable now: poll; the next mark() tries again
+            self._woken = None
+            return
+        self._dbapi = dbapi
+
+    def close(self) -> None:
+        """Stop listening and close the connection (reopened by the next wait)."""
+        dbapi, self._dbapi = self._dbapi, None
+        stop, self._stop = self._stop, None
+        if self._woken is not None:
+            self._woken.set()
+            self._woken = None
+        if stop is not None:
+            with suppress(Exception):
+                stop()
+        if dbapi is not None:
+            with suppress(Exception):
+                dbapi.close()
+
+
 def _close_quietly(dbapi: Any, pid: int) -> None:
     if os.getpid() != pid:
         return  # a forked child: the connection is its parent's
@@ -155,7 +229,9 @@ def waiter_for(engine: sa.Engine, channel: str | None, driver: Driver) -> Poller
     else a Poller."""
     if channel is None or not driver.notifications:
         return Poller()
+    if engine.dialect.is_async:
+        return AsyncListener(engine, channel, driver)
     return Listener(engine, channel, driver)
 
 
-__all__ = ["RECHECK", "Listener", "Poller", "waiter_for"]
+__all__ = ["RECHECK", "AsyncListener", "Listener", "Poller", "waiter_for"]

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from squeal import validation as check
 from squeal.errors import (
@@ -47,9 +47,9 @@ log = logging.getLogger("squeal.worker")
 Handler = Callable[..., Any]
 
 #: Errors no retry can mend: the worker stops and ``run`` raises them.
-_FATAL = (SchemaError, UnsupportedDatabase)
+FATAL = (SchemaError, UnsupportedDatabase)
 #: Seconds between claim retries after a failed claim: doubling from the first to the last.
-_CLAIM_RETRY = (1.0, 30.0)
+CLAIM_RETRY = (1.0, 30.0)
 
 
 @dataclass
@@ -68,6 +68,50 @@ class WorkerStats:
     acked: int = 0
     failed: int = 0
     released: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """A worker's options, checked (shared by Worker and squeal.aio's AsyncWorker)."""
+
+    topics: list[str]
+    concurrency: int
+    wait: float
+    grace_period: float
+    heartbeat: float
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        topics: str | Sequence[str],
+        concurrency: int,
+        wait: float,
+        grace_period: float,
+        heartbeat: float | None,
+        visibility_timeout: float,
+    ) -> WorkerSettings:
+        """The settings, or ValidationError / InvalidType naming the bad option."""
+        names = [topics] if isinstance(topics, str) else list(topics)
+        checked_topics = [check.text(t, "topic") for t in names]
+        if not checked_topics:
+            raise ValidationError("a worker needs at least one topic")
+        return cls(
+            topics=checked_topics,
+            concurrency=check.count(concurrency, "concurrency", maximum=1000),
+            wait=check.seconds(wait, "wait"),
+            grace_period=check.seconds(grace_period, "grace_period"),
+            heartbeat=(
+                visibility_timeout / 3
+                if heartbeat is None
+                else check.seconds(heartbeat, "heartbeat", positive=True)
+            ),
+        )
+
+    def claim_wait(self) -> float:
+        """How long one claim waits: with several topics, a long wait on one would starve
+        the others."""
+        return self.wait if len(self.topics) == 1 else min(self.wait, 0.1)
 
 
 class Worker:
@@ -103,19 +147,20 @@ class Worker:
     ) -> None:
         self.queue = queue
         self.ack_in_transaction = bool(ack_in_transaction)
-        self.handler = _checked(handler, self.ack_in_transaction)
-        names = [topics] if isinstance(topics, str) else list(topics)
-        self.topics = [check.text(t, "topic") for t in names]
-        if not self.topics:
-            raise ValidationError("a worker needs at least one topic")
-        self.concurrency = check.count(concurrency, "concurrency", maximum=1000)
-        self.wait = check.seconds(wait, "wait")
-        self.grace_period = check.seconds(grace_period, "grace_period")
-        self.heartbeat = (
-            queue.visibility_timeout / 3
-            if heartbeat is None
-            else check.seconds(heartbeat, "heartbeat", positive=True)
+        self.handler = checked_handler(handler, self.ack_in_transaction)
+        settings = self._settings = WorkerSettings.checked(
+            topics=topics,
+            concurrency=concurrency,
+            wait=wait,
+            grace_period=grace_period,
+            heartbeat=heartbeat,
+            visibility_timeout=queue.visibility_timeout,
         )
+        self.topics = settings.topics
+        self.concurrency = settings.concurrency
+        self.wait = settings.wait
+        self.grace_period = settings.grace_period
+        self.heartbeat = settings.heartbeat
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -171,7 +216,7 @@ class Worker:
 
     def _consume(self) -> None:
         turn = 0
-        retry = _CLAIM_RETRY[0]
+        retry = CLAIM_RETRY[0]
         while not self._stop.is_set():
             if not self._free.acquire(timeout=0.2):
                 continue
@@ -181,14 +226,14 @@ class Worker:
             topic = self.topics[turn % len(self.topics)]
             turn += 1
             # With several topics, a long wait on one would starve the others.
-            wait = self.wait if len(self.topics) == 1 else min(self.wait, 0.1)
+            wait = self._settings.claim_wait()
             # Before the claim: the leases it grants run out no sooner than vt after this.
             asked = time.monotonic()
             try:
                 messages = (
                     [] if self._stop.is_set() else self.queue.get_many(topic, free, wait=wait)
                 )
-            except _FATAL as error:
+            except FATAL as error:
                 log.error("squeal worker: stopping: %s", error)
                 self._fatal = error
                 self._stop.set()
@@ -199,9 +244,9 @@ class Worker:
                 )
                 messages = []
                 self._stop.wait(retry)
-                retry = min(retry * 2, _CLAIM_RETRY[1])
+                retry = min(retry * 2, CLAIM_RETRY[1])
             else:
-                retry = _CLAIM_RETRY[0]
+                retry = CLAIM_RETRY[0]
             for _ in range(free - len(messages)):
                 self._free.release()
             for msg in messages:
@@ -278,7 +323,9 @@ class Worker:
         with entry.lock:
             if entry.done:
                 if error is not None:
-                    _failed(entry.message, error, "it was released at shutdown", logging.WARNING)
+                    log_failure(
+                        entry.message, error, "it was released at shutdown", logging.WARNING
+                    )
                 return
             entry.done = True
             try:
@@ -290,15 +337,11 @@ class Worker:
                     self.stats.failed += 1
             except SquealError as settling:
                 if error is not None:
-                    _failed(entry.message, error, "its nack failed", logging.WARNING)
+                    log_failure(entry.message, error, "its nack failed", logging.WARNING)
                 log.warning("squeal worker: message %d: %s", entry.message.id, settling)
                 return
         if error is not None:
-            limit = self.queue.max_attempts
-            if limit is not None and entry.message.attempts >= limit:
-                _failed(entry.message, error, f"it is dead after {limit} attempts", logging.ERROR)
-            else:
-                _failed(entry.message, error, "it will be retried", logging.WARNING)
+            nacked(entry.message, error, self.queue.max_attempts)
 
     # -- heartbeats -----------------------------------------------------------------------------
 
@@ -342,7 +385,26 @@ class Worker:
                 entry.renew_at = asked + self.heartbeat
 
 
-def _failed(msg: Message, error: Exception, outcome: str, level: int) -> None:
+class Delivered(Protocol):
+    """What the worker's logs name of a message (a Message or an AsyncMessage)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+
+
+def nacked(msg: Delivered, error: Exception, max_attempts: int | None) -> None:
+    """Log a handler's exception after its message was nacked: dead, or to be retried."""
+    if max_attempts is not None and msg.attempts >= max_attempts:
+        log_failure(msg, error, f"it is dead after {max_attempts} attempts", logging.ERROR)
+    else:
+        log_failure(msg, error, "it will be retried", logging.WARNING)
+
+
+def log_failure(msg: Delivered, error: Exception, outcome: str, level: int) -> None:
     """Log a handler's exception with its traceback (its text is the user's, not a payload)."""
     log.log(
         level,
@@ -357,7 +419,7 @@ def _failed(msg: Message, error: Exception, outcome: str, level: int) -> None:
     )
 
 
-def _checked(handler: Handler, in_transaction: bool) -> Handler:
+def checked_handler(handler: Handler, in_transaction: bool) -> Handler:
     """``handler`` if it accepts the arguments the worker will pass; else ValidationError."""
     if not callable(handler):
         raise InvalidType(f"handler must be callable, not {type(handler).__name__}")
@@ -396,4 +458,15 @@ def load_handler(spec: str) -> Handler:
     return target  # type: ignore[no-any-return]
 
 
-__all__ = ["Handler", "Worker", "WorkerStats", "load_handler"]
+__all__ = [
+    "CLAIM_RETRY",
+    "FATAL",
+    "Handler",
+    "Worker",
+    "WorkerSettings",
+    "WorkerStats",
+    "checked_handler",
+    "load_handler",
+    "log_failure",
+    "nacked",
+]

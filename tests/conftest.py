@@ -18,6 +18,8 @@ a skip naming its extra (a failure under --require-db).
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import secrets
 from collections import Counter
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from squeal import Queue
 from tests import needs
@@ -49,6 +52,18 @@ VARIANTS = {
         *(f"mysql+{d}" for d in DRIVERS["mysql"][1:]),
         *(f"mariadb+{d}" for d in DRIVERS["mysql"]),
     ),
+}
+#: The asyncio variants (squeal.aio): ``aio:`` and the database; the first of each is its
+#: primary async driver, on which the conformance suite runs (through tests/aio_facade.py).
+ASYNC_DRIVERS = {
+    "sqlite": ("aiosqlite",),
+    "postgresql": ("asyncpg", "psycopg"),
+    "mysql": ("asyncmy", "aiomysql"),
+}
+ASYNC = "aio:"
+ASYNC_VARIANTS = {
+    d: (f"{ASYNC}{d}", *(f"{ASYNC}{d}+{driver}" for driver in drivers[1:]))
+    for d, drivers in ASYNC_DRIVERS.items()
 }
 DEFAULT_URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -160,15 +175,15 @@ def _probe(name: str) -> str | None:
 
 
 def family(variant: str) -> str:
-    """The database of a variant: ``mariadb+pymysql`` -> ``mysql``."""
-    name = variant.split("+", maxsplit=1)[0]
+    """The database of a variant: ``mariadb+pymysql`` -> ``mysql``, ``aio:sqlite`` -> ``sqlite``."""
+    name = variant.removeprefix(ASYNC).split("+", maxsplit=1)[0]
     return "mysql" if name == "mariadb" else name
 
 
 def _selected(config: pytest.Config) -> tuple[list[str], list[str]]:
     """(databases chosen whole, variants chosen by name) from ``--db``."""
     chosen = [d.strip() for d in str(config.getoption("--db")).split(",") if d.strip()]
-    every = {v for variants in VARIANTS.values() for v in variants}
+    every = {v for variants in (*VARIANTS.values(), *ASYNC_VARIANTS.values()) for v in variants}
     named = {v: v for v in every} | {f"{d}+{DRIVERS[d][0]}": d for d in DATABASES if d != "sqlite"}
     unknown = [c for c in chosen if c not in DATABASES and c not in named]
     if unknown:
@@ -192,9 +207,77 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if d in whole
         for v in (VARIANTS[d] if every_driver else VARIANTS[d][:1])
     ]
-    variants += [v for v in named if v not in variants]
+    if _async_native(metafunc):  # squeal.aio's own tests: every asyncio driver, nothing sync
+        variants = []
+    if _runs_async(metafunc):
+        variants += [
+            v
+            for d in DATABASES
+            if d in whole
+            for v in (
+                ASYNC_VARIANTS[d]
+                if every_driver or _async_native(metafunc)
+                else ASYNC_VARIANTS[d][:1]
+            )
+        ]
+    variants += [
+        v for v in named if v not in variants and (not is_async(v) or _runs_async(metafunc))
+    ]
     variants = [v for v in variants if family(v) in allowed]
     metafunc.parametrize("db", variants, indirect=True)
+
+
+def _runs_async(metafunc: pytest.Metafunc) -> bool:
+    """The conformance suite and the driver contract also run on squeal.aio, unless marked
+    ``sync_only`` (with the reason); tests/aio runs on squeal.aio alone, on every driver."""
+    if _async_native(metafunc):
+        return True
+    path = Path(str(metafunc.definition.fspath))
+    suite = path.parent.name in ("conformance", "drivers")
+    return suite and metafunc.definition.get_closest_marker("sync_only") is None
+
+
+def _async_native(metafunc: pytest.Metafunc) -> bool:
+    """A test of tests/aio: written with coroutines, run on loops of its own."""
+    return Path(str(metafunc.definition.fspath)).parent.name == "aio"
+
+
+def is_async(variant: str) -> bool:
+    """Whether ``variant`` runs squeal.aio (an ``aio:`` variant)."""
+    return variant.startswith(ASYNC)
+
+
+_LOOP = pytest.StashKey[asyncio.AbstractEventLoop]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Under an ``aio:`` variant, run the test (fixtures included) inside SQLAlchemy's greenlet
+    bridge on a loop of its own, in debug mode: the facade awaits AsyncQueue there, and the
+    test's own SQL runs on the async driver."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or not is_async(str(callspec.params.get("db", ""))):
+        return None
+    if item.path.parent.name == "aio":  # squeal.aio's own tests run their own loops
+        return None
+    from _pytest.runner import runtestprotocol
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    loop = asyncio.new_event_loop()
+    # Debug mode (never-awaited coroutines, calls from the wrong thread). The test function
+    # itself is one task whose sync steps block the loop (its sleeps, its own SQL), so slow
+    # callbacks are measured where only squeal runs on the loop: tests/aio/.
+    loop.set_debug(True)
+    loop.slow_callback_duration = 60.0
+    item.stash[_LOOP] = loop
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    try:
+        loop.run_until_complete(greenlet_spawn(runtestprotocol, item, nextitem=nextitem))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -237,7 +320,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 @pytest.fixture
-def db(request: pytest.FixtureRequest) -> str:
+def aio_loop(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoop | None:
+    """The event loop of a test under an ``aio:`` variant (debug mode); None otherwise."""
+    return request.node.stash.get(_LOOP, None)
+
+
+@pytest.fixture
+def db(request: pytest.FixtureRequest, aio_loop: asyncio.AbstractEventLoop | None) -> str:
     """The database under test: sqlite, postgresql or mysql (MariaDB too), on any driver."""
     variant: str = request.param
     name = family(variant)
@@ -252,14 +341,36 @@ def db_url(request: pytest.FixtureRequest, db: str, tmp_path: Path) -> str:
     """A URL for the variant under test (a fresh SQLite file for sqlite)."""
     if db == "sqlite":
         return f"sqlite:///{tmp_path / 'squeal.db'}"
-    return variant_url(request.node.callspec.params["db"])
+    variant: str = request.node.callspec.params["db"]
+    return variant_url(db if is_async(variant) else variant)
 
 
 @pytest.fixture
 def driver(request: pytest.FixtureRequest, db: str) -> str:
-    """The driver under test (``dialect.driver``): psycopg, pg8000, pymysql, pysqlite, ..."""
+    """The driver under test (``dialect.driver``): psycopg, pg8000, pymysql, pysqlite, ...,
+    and under an ``aio:`` variant asyncpg, psycopg, asyncmy, aiomysql, aiosqlite."""
     variant: str = request.node.callspec.params["db"]
-    return variant.split("+")[1] if "+" in variant else DRIVERS[db][0]
+    drivers = ASYNC_DRIVERS if is_async(variant) else DRIVERS
+    return variant.split("+")[1] if "+" in variant else drivers[db][0]
+
+
+def primary_async_url(db_url: str) -> str:
+    """``db_url`` with its database's primary asyncio driver (``sqlite+aiosqlite``, ...)."""
+    url = sa.make_url(db_url)
+    backend = url.get_backend_name()
+    driver = ASYNC_DRIVERS[family(backend)][0]
+    return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def async_url(request: pytest.FixtureRequest, db: str, driver: str, db_url: str) -> str | None:
+    """The URL of an ``aio:`` variant's AsyncEngine (None under a sync variant)."""
+    if not is_async(request.node.callspec.params["db"]):
+        return None
+    url = sa.make_url(db_url)
+    return url.set(drivername=f"{url.get_backend_name()}+{driver}").render_as_string(
+        hide_password=False
+    )
 
 
 def variant_url(variant: str) -> str:
@@ -275,6 +386,8 @@ _missing: dict[str, str | None] = {}
 
 def _driver_missing(variant: str) -> str | None:
     """Why ``variant``'s driver cannot be used here (None: it can)."""
+    if is_async(variant):
+        return _async_driver_missing(variant)
     if "+" not in variant:
         return None
     if variant not in _missing:
@@ -292,9 +405,50 @@ def _driver_missing(variant: str) -> str | None:
     return _missing[variant]
 
 
+def _async_driver_missing(variant: str) -> str | None:
+    database = family(variant)
+    driver = variant.split("+")[1] if "+" in variant else ASYNC_DRIVERS[database][0]
+    if variant not in _missing:
+        from squeal.drivers import ASYNC_ADAPTERS
+
+        try:
+            importlib.import_module(driver)
+            importlib.import_module("greenlet")
+            _missing[variant] = None
+        except ImportError as exc:
+            extra = ASYNC_ADAPTERS[(database, driver)].extra
+            _missing[variant] = (
+                f"the asyncio driver {driver} is not installed ({exc}): "
+                f"pip install 'squeal[{extra}]'"
+            )
+    return _missing[variant]
+
+
 @pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    """An engine on the database under test; no connection may stay checked out."""
+def async_engine(
+    async_url: str | None, aio_loop: asyncio.AbstractEventLoop | None
+) -> Iterator[AsyncEngine | None]:
+    """The AsyncEngine of an ``aio:`` variant (None under a sync variant)."""
+    if async_url is None or aio_loop is None:
+        yield None
+        return
+    from tests.aio_facade import Runner
+
+    eng = create_async_engine(async_url)
+    yield eng
+    Runner(aio_loop, eng)(eng.dispose())
+
+
+@pytest.fixture
+def engine(db_url: str, async_engine: AsyncEngine | None) -> Iterator[sa.Engine]:
+    """An engine on the database under test; no connection may stay checked out. Under an
+    ``aio:`` variant, the AsyncEngine's sync face (the test function runs in the bridge)."""
+    if async_engine is not None:
+        eng = async_engine.sync_engine
+        yield eng
+        checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
+        assert checked_out == 0, f"{checked_out} pooled connection(s) left checked out"
+        return
     eng = sa.create_engine(db_url)
     yield eng
     checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
@@ -335,12 +489,28 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def make_queue(engine: sa.Engine, prefix: str) -> Iterator[Callable[..., Queue]]:
-    """Build queues on this test's prefix (tables created once, dropped at teardown)."""
+def make_queue(
+    engine: sa.Engine,
+    prefix: str,
+    async_engine: AsyncEngine | None,
+    aio_loop: asyncio.AbstractEventLoop | None,
+) -> Iterator[Callable[..., Queue]]:
+    """Build queues on this test's prefix (tables created once, dropped at teardown). Under an
+    ``aio:`` variant each is an AsyncQueue behind the sync facade of tests/aio_facade.py."""
     created: list[Queue] = []
+    runner = None
+    if async_engine is not None and aio_loop is not None:
+        from tests.aio_facade import Runner
+
+        runner = Runner(aio_loop, async_engine)
 
     def make(**options: Any) -> Queue:
-        q = Queue(engine, prefix=prefix, **options)
+        if runner is not None and async_engine is not None:
+            from squeal.aio import AsyncQueue
+
+            q: Any = runner.outward(AsyncQueue(async_engine, prefix=prefix, **options))
+        else:
+            q = Queue(engine, prefix=prefix, **options)
         if not created:
             q.create()
         created.append(q)

@@ -1,9 +1,17 @@
-"""Thread races for the conformance tests: calls released at the same instant by a barrier."""
+"""Thread races for the conformance tests: calls released at the same instant by a barrier.
+
+Under squeal.aio (the test function inside the bridge, tests/aio_facade.py) the threads are
+joined from a worker thread the loop awaits, so the loop stays free to run the facade's
+coroutines that the threads hand it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
+
+from squeal.bridge import await_, in_async_bridge
 
 
 def race(calls: list[Callable[[], object]], *, seconds: float = 60.0) -> list[object]:
@@ -24,7 +32,15 @@ def race(calls: list[Callable[[], object]], *, seconds: float = 60.0) -> list[ob
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
+    if in_async_bridge():
+        await_(asyncio.to_thread(join, threads, seconds))
+    else:
+        join(threads, seconds)
+    return outcomes
+
+
+def join(threads: list[threading.Thread], seconds: float) -> None:
+    """Wait for every thread, ``seconds`` at most each; fail if one is still running."""
     for t in threads:
         t.join(seconds)
     assert not any(t.is_alive() for t in threads)
-    return outcomes

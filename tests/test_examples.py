@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from squeal import Queue, migrate
+from tests.conftest import primary_async_url
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
 #: Exceptions an example raises on purpose and squeal logs with their traceback: the worker
@@ -38,7 +39,9 @@ def unexpected_tracebacks(example: str, stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_to_completion(example: Path, db_url: str) -> None:
-    done = run(example.stem, "--url", db_url)
+    # The asyncio examples take the URL of the database's primary asyncio driver.
+    url = primary_async_url(db_url) if example.stem.startswith("asyncio_") else db_url
+    done = run(example.stem, "--url", url)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not unexpected_tracebacks(example.stem, done.stderr), done.stderr
 

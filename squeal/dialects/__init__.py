@@ -18,6 +18,7 @@ from squeal.dialects.dedup import Windows
 from squeal.dialects.health import Health
 from squeal.dialects.locking import Locking
 from squeal.dialects.migration_lock import MIGRATION_LOCK_SECONDS, locked_transaction
+from squeal.drivers import driver_for
 from squeal.errors import UnsupportedDatabase, ValidationError
 from squeal.schema import Tables, validate_schema
 
@@ -95,7 +96,7 @@ def migration_transaction(
     concurrent run could interleave its DDL).
     """
     lock = bundle_for(conn.dialect).migration_lock(prefix, schema)
-    with locked_transaction(conn, lock, timeout=timeout):
+    with driver_for(conn.dialect).migrating(), locked_transaction(conn, lock, timeout=timeout):
         yield
 
 

@@ -44,7 +44,10 @@ def _now_ms(element: now_ms, compiler: Any, **kw: Any) -> str:
 
 
 _DISCONNECT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+#: Serialization failure, deadlock, lock timeout; and a prepared statement the session lost
+#: (DISCARD ALL, a pooler in transaction mode): the retry runs on a new connection, whose
+#: driver prepares afresh (asyncpg through SQLAlchemy keeps its own cache of them).
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "26000"})
 
 
 def _array_of(select: sa.SelectBase) -> sa.ColumnElement[Any]:

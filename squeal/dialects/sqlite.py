@@ -11,6 +11,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
+from squeal.bridge import sleep as pause_for
 from squeal.clock import now_ms
 from squeal.dialects.base import Strategy
 from squeal.dialects.bundle import Bundle
@@ -111,7 +112,7 @@ class SQLiteStrategy(Strategy):
                     f"(journal mode is still {mode}): another process keeps it open",
                     retryable=True,
                 )
-            time.sleep(pause * (0.5 + random.random()))
+            pause_for(pause * (0.5 + random.random()))
             pause = min(pause * 2, 0.5)
 
     def is_retryable(self, code: Code, error: BaseException) -> bool:

@@ -10,6 +10,7 @@ import logging
 
 import sqlalchemy as sa
 
+from squeal.drivers.asyncio import Aiomysql, Aiosqlite, Asyncmy, Asyncpg, PsycopgAsync
 from squeal.drivers.base import Code, Driver, Generic
 from squeal.drivers.mysql import MariaDBConnector, MySQLConnector, MySQLdb, PyMySQL
 from squeal.drivers.postgresql import Pg8000, Psycopg, Psycopg2
@@ -29,13 +30,26 @@ ADAPTERS: dict[tuple[str, str], Driver] = {
     for database, drivers in _BY_DATABASE.items()
     for driver in drivers
 }
+_ASYNC_BY_DATABASE: dict[str, tuple[Driver, ...]] = {
+    "postgresql": (Asyncpg(), PsycopgAsync()),
+    "mysql": (Aiomysql(), Asyncmy()),
+    "sqlite": (Aiosqlite(),),
+}
+_ASYNC_BY_DATABASE["mariadb"] = _ASYNC_BY_DATABASE["mysql"]
+#: The adapters of asyncio drivers (``create_async_engine``), by (dialect name, driver name):
+#: psycopg has one of each kind.
+ASYNC_ADAPTERS: dict[tuple[str, str], Driver] = {
+    (database, driver.name): driver
+    for database, drivers in _ASYNC_BY_DATABASE.items()
+    for driver in drivers
+}
 _generic_logged: set[tuple[str, str]] = set()
 
 
 def driver_for(dialect: sa.Dialect) -> Driver:
     """The adapter for ``dialect``'s driver; the generic one (logged once) when there is none."""
     key = (dialect.name, dialect.driver)
-    found = ADAPTERS.get(key)
+    found = (ASYNC_ADAPTERS if dialect.is_async else ADAPTERS).get(key)
     if found is not None:
         return found
     if key not in _generic_logged:
@@ -55,4 +69,4 @@ def extra_for(database: str, driver: str) -> str | None:
     return None if found is None else (found.extra or None)
 
 
-__all__ = ["ADAPTERS", "Code", "Driver", "Generic", "driver_for", "extra_for"]
+__all__ = ["ADAPTERS", "ASYNC_ADAPTERS", "Code", "Driver", "Generic", "driver_for", "extra_for"]

@@ -9,8 +9,8 @@ driver squeal has no adapter for runs through :class:`Generic`, on SQLAlchemy's 
 from __future__ import annotations
 
 import select
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any, ClassVar
 
 from squeal.prepared import Params
@@ -48,6 +48,14 @@ class Driver:
                     cursor.execute(statement)
             finally:
                 cursor.close()
+
+    def migrating(self) -> AbstractContextManager[None]:
+        """Around squeal's migrations (DDL): nothing, except where a driver needs it."""
+        return nullcontext()
+
+    def adopt(self, dbapi: Any) -> None:
+        """Ready a caller's connection (``connection=``) for squeal's statements: nothing,
+        except where a driver bug needs working around on every connection squeal uses."""
 
     #: Exceptions besides its DB-API ``Error`` the driver lets escape when its connection dies.
     lost: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -96,6 +104,13 @@ class Driver:
     def notified(self, dbapi: Any, timeout: float) -> bool:
         """True when a notification arrived within ``timeout`` seconds."""
         raise NotImplementedError(f"{self.name} has no notifications")
+
+    def listen_async(
+        self, dbapi: Any, channel: str, notified: Callable[[], None]
+    ) -> Callable[[], None]:
+        """An asyncio driver (inside the bridge): call ``notified`` on the event loop for each
+        notification on ``channel`` from now on; returns what stops it."""
+        raise NotImplementedError(f"{self.name} has no asyncio notifications")
 
 
 def readable(fileno: int, timeout: float) -> bool:

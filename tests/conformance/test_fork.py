@@ -6,7 +6,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from squeal import Queue
+
+pytestmark = pytest.mark.sync_only(
+    "os.fork() of a process: its sync connections; an event loop does not survive a fork"
+)
 
 FORKING = """
 import gc, os, sys

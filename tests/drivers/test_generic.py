@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from squeal import Queue
-from squeal.drivers import ADAPTERS, Generic
+from squeal.drivers import ADAPTERS, ASYNC_ADAPTERS, Generic
 from squeal.waiting import Poller
 
 
@@ -24,7 +24,8 @@ def test_a_driver_without_an_adapter_runs_every_operation_through_sqlalchemy(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.delitem(ADAPTERS, (engine.dialect.name, engine.dialect.driver))
+    adapters = ASYNC_ADAPTERS if engine.dialect.is_async else ADAPTERS
+    monkeypatch.delitem(adapters, (engine.dialect.name, engine.dialect.driver))
     monkeypatch.setattr("squeal.drivers._generic_logged", set())
     caplog.set_level(logging.INFO, logger="squeal")
     q = make_queue(failure_base_delay=0.0, max_attempts=2, dedup_window=30.0)
