@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from squeal import Queue
+from tests.conftest import primary_async_url
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
 
@@ -255,3 +256,29 @@ def test_demo_completes_on_sqlite(tmp_path: Path) -> None:
     # The deliberate failures are shown on the demo's screen, not as handler tracebacks.
     assert "Traceback" not in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the current folder
+
+
+def test_the_cli_takes_an_asyncio_drivers_url(db_url: str, prefix: str) -> None:
+    """Tooling on the application's own async URL: each command runs in the bridge on a loop of
+    its own; ``squeal worker`` (threads) asks for the sync URL instead."""
+    url = primary_async_url(db_url)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return squeal(*args, "--url", url, "--prefix", prefix)
+
+    migrated = run("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "to squeal_" in migrated.stdout
+    try:
+        assert run("put", "jobs", "hello").returncode == 0
+        stats = run("stats", "--json")
+        assert json.loads(stats.stdout)["jobs"]["ready"] == 1, stats.stderr
+        got = run("get", "jobs", "--json")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout)["payload"] == "hello"
+        worker = run("worker", "tests.test_cli:squeal")
+        assert worker.returncode == 2
+        assert "sync URL" in worker.stderr
+    finally:
+        down = run("migrate", "downgrade", "base")
+        assert down.returncode == 0, down.stderr

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from squeal.cli.connect import connected_engine, reason
+from squeal.cli.connect import connected_engine, is_async_url, reason
 from squeal.cli.output import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -832,6 +832,37 @@ def _report(message: str, secret: str | None, error: BaseException | None = None
     print(f"squeal: error: {scrubbed(' '.join(message.split()))}", file=sys.stderr)
 
 
+def _names_async_url(args: argparse.Namespace) -> bool:
+    """Whether the command's one database URL names an asyncio driver (``bench`` takes a list
+    of URLs and measures drivers it has floors for)."""
+    url = getattr(args, "url", ())
+    if url is not None and not isinstance(url, str):
+        return False
+    try:
+        return is_async_url(database_url(args))
+    except CommandError:
+        return False  # the command reports the bad URL itself
+
+
+def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run ``command``; on an asyncio driver's URL, inside SQLAlchemy's greenlet bridge on a
+    loop of the command's own (the CLI is tooling: the library itself never starts a loop)."""
+    if not _names_async_url(args):
+        return command(args)
+    if args.command == "worker":
+        raise CommandError(
+            "squeal worker runs handlers on threads: give it the database's sync URL "
+            "(an asyncio application runs squeal.aio.AsyncWorker itself)",
+            EXIT_USAGE,
+        )
+    import asyncio
+
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    result: int = asyncio.run(greenlet_spawn(command, args))
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``squeal`` command with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     parser = build_parser()
@@ -850,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret = _secret(args)
     verbose = bool(getattr(args, "verbose", False))
     try:
-        return COMMANDS[args.command].run(args)
+        return _run(COMMANDS[args.command].run, args)
     except CommandError as exc:
         _report(exc.message, secret, exc if verbose else None)
         return exc.exit_code

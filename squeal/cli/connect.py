@@ -19,9 +19,18 @@ def reason(error: sa.exc.SQLAlchemyError) -> str:
     return first_line(orig if orig is not None else error)
 
 
+def is_async_url(url: sa.URL) -> bool:
+    """Whether ``url`` names an asyncio driver (``postgresql+asyncpg``, ...)."""
+    try:
+        return bool(getattr(url.get_dialect(), "is_async", False))
+    except (sa.exc.NoSuchModuleError, ImportError):
+        return False  # reported where the engine is created
+
+
 @contextmanager
 def connected_engine(url: sa.URL) -> Iterator[sa.Engine]:
-    """An engine on ``url`` whose database has been reached once; disposed afterwards."""
+    """An engine on ``url`` whose database has been reached once; disposed afterwards. On an
+    asyncio driver's URL, the sync face of an AsyncEngine (the command runs in the bridge)."""
     from squeal.drivers import ADAPTERS
 
     connect_args: dict[str, object] = {}
@@ -34,7 +43,12 @@ def connected_engine(url: sa.URL) -> Iterator[sa.Engine]:
         if not timeout.keys() & url.query.keys():
             connect_args.update(timeout)
     try:
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+        if is_async_url(url):
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            engine = create_async_engine(url, poolclass=sa.pool.NullPool).sync_engine
+        else:
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
     except sa.exc.NoSuchModuleError:
         raise CommandError(
             f"invalid --url: SQLAlchemy has no database dialect {url.drivername!r}", EXIT_USAGE
