@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from squeal import validation as check
 from squeal.errors import (
@@ -39,6 +39,7 @@ from squeal.errors import (
     UnsupportedDatabase,
     ValidationError,
 )
+from squeal.log import Leased
 from squeal.message import Message
 from squeal.queue import Queue
 
@@ -385,18 +386,7 @@ class Worker:
                 entry.renew_at = asked + self.heartbeat
 
 
-class Delivered(Protocol):
-    """What the worker's logs name of a message (a Message or an AsyncMessage)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def attempts(self) -> int: ...
-
-
-def nacked(msg: Delivered, error: Exception, max_attempts: int | None) -> None:
+def nacked(msg: Leased, error: Exception, max_attempts: int | None) -> None:
     """Log a handler's exception after its message was nacked: dead, or to be retried."""
     if max_attempts is not None and msg.attempts >= max_attempts:
         log_failure(msg, error, f"it is dead after {max_attempts} attempts", logging.ERROR)
@@ -404,7 +394,7 @@ def nacked(msg: Delivered, error: Exception, max_attempts: int | None) -> None:
         log_failure(msg, error, "it will be retried", logging.WARNING)
 
 
-def log_failure(msg: Delivered, error: Exception, outcome: str, level: int) -> None:
+def log_failure(msg: Leased, error: Exception, outcome: str, level: int) -> None:
     """Log a handler's exception with its traceback (its text is the user's, not a payload)."""
     log.log(
         level,
