@@ -91,7 +91,8 @@ class Buffer:
         topic_quotas: Mapping[str, int] | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
-            raise InvalidType(f"queue must be a squeal Queue, not {type(queue).__name__}")
+            hint = " (use squeal.aio.AsyncBuffer)" if type(queue).__name__ == "AsyncQueue" else ""
+            raise InvalidType(f"queue must be a squeal Queue, not {type(queue).__name__}{hint}")
         self.queue = queue
         self.default_topic_quota = check.count(default_topic_quota, "default_topic_quota")
         self.extra_buffer_multiplier = check.count(

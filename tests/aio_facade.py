@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from squeal.aio import AsyncMessage, AsyncQueue, AsyncTopicLock
+from squeal.aio import AsyncBuffer, AsyncMessage, AsyncQueue, AsyncTopicLock
 from squeal.bridge import await_, in_async_bridge
 
 
@@ -91,7 +91,10 @@ class _Facade:
             method = value
 
             def plain(*args: Any, **kwargs: Any) -> Any:
-                return self._runner.outward(method(*args, **kwargs))
+                runner = self._runner
+                args = tuple(runner.inward(a) for a in args)
+                kwargs = {k: runner.inward(v) for k, v in kwargs.items()}
+                return runner.outward(method(*args, **kwargs))
 
             return plain
         return self._runner.outward(value)
@@ -127,6 +130,11 @@ class QueueFacade(_Facade):
     def engine(self) -> sa.Engine:
         return self._sync.engine  # type: ignore[no-any-return]
 
+    def buffer(self, **options: Any) -> BufferFacade:
+        """An AsyncBuffer of this queue, behind Buffer's sync surface."""
+        buffer = AsyncBuffer(self._target, **options)
+        return self._runner.facade(BufferFacade, buffer, buffer.sync)  # type: ignore[return-value]
+
 
 class MessageFacade(_Facade):
     """An AsyncMessage with Message's sync surface (``with message:`` included)."""
@@ -154,4 +162,21 @@ class TopicLockFacade(_Facade):
         self._runner(self._target.__aexit__(*exc))
 
 
-__all__ = ["MessageFacade", "QueueFacade", "Runner", "TopicLockFacade"]
+class BufferFacade(_Facade):
+    """An AsyncBuffer with Buffer's sync surface (``with`` and iteration included)."""
+
+    def __init__(self, buffer: AsyncBuffer, runner: Runner) -> None:
+        super().__init__(buffer, runner, buffer.sync)
+
+    def __enter__(self) -> BufferFacade:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._runner(self._target.__aexit__(*exc))
+
+    def __iter__(self) -> Iterator[Any]:
+        while (message := self.get()) is not None:
+            yield message
+
+
+__all__ = ["BufferFacade", "MessageFacade", "QueueFacade", "Runner", "TopicLockFacade"]

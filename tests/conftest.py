@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from squeal import Queue
 from tests import needs
 from tests.children import Children
+from tests.urls import ASYNC_DRIVERS
 
 DATABASES = ("sqlite", "postgresql", "mysql")
 #: The drivers of each database; the first is its primary driver.
@@ -53,13 +54,7 @@ VARIANTS = {
         *(f"mariadb+{d}" for d in DRIVERS["mysql"]),
     ),
 }
-#: The asyncio variants (squeal.aio): ``aio:`` and the database; the first of each is its
-#: primary async driver, on which the conformance suite runs (through tests/aio_facade.py).
-ASYNC_DRIVERS = {
-    "sqlite": ("aiosqlite",),
-    "postgresql": ("asyncpg", "psycopg"),
-    "mysql": ("asyncmy", "aiomysql"),
-}
+#: The asyncio variants (squeal.aio): ``aio:`` and the database (drivers: tests/urls.py).
 ASYNC = "aio:"
 ASYNC_VARIANTS = {
     d: (f"{ASYNC}{d}", *(f"{ASYNC}{d}+{driver}" for driver in drivers[1:]))
@@ -352,14 +347,6 @@ def driver(request: pytest.FixtureRequest, db: str) -> str:
     variant: str = request.node.callspec.params["db"]
     drivers = ASYNC_DRIVERS if is_async(variant) else DRIVERS
     return variant.split("+")[1] if "+" in variant else drivers[db][0]
-
-
-def primary_async_url(db_url: str) -> str:
-    """``db_url`` with its database's primary asyncio driver (``sqlite+aiosqlite``, ...)."""
-    url = sa.make_url(db_url)
-    backend = url.get_backend_name()
-    driver = ASYNC_DRIVERS[family(backend)][0]
-    return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from squeal.cli.floor import floor_missing
+from squeal.cli import bench_aio
 from tests import needs
+from tests.urls import async_urls
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
 ROWS = {
@@ -98,26 +99,35 @@ def test_bench_prefix_names_its_tables_and_is_validated(db_url: str, tmp_path: P
         assert "Traceback" not in refused.stderr
 
 
-@pytest.mark.parametrize(
-    ("url", "driver"),
-    [
-        ("postgresql+asyncpg://u@127.0.0.1:1/x", "asyncpg"),
-        ("mysql+aiomysql://u@127.0.0.1:1/x", "aiomysql"),
-        ("sqlite+aiosqlite:///x.db", "aiosqlite"),
-    ],
-)
-def test_bench_on_a_driver_without_a_floor_says_so_before_connecting(url: str, driver: str) -> None:
-    assert floor_missing(sa.make_url(url)) is not None
-    done = subprocess.run(
-        [sys.executable, "-m", "squeal.cli", "bench", "--quick", "--url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr
-    assert f"no raw-driver floor for the {driver} driver" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_quick_async_bench_measures_squeal_aio_against_its_floors(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An asyncio URL measures squeal.aio against the raw asyncio floor (asyncpg for every
+    PostgreSQL URL, the URL's own driver elsewhere) and, on PostgreSQL, pgqueuer; each
+    asyncio driver of the database in one run; nothing left behind, pgqueuer's tables
+    included."""
+    urls = async_urls(db_url)
+    stdout, document = _bench(tmp_path, "--quick", *[a for u in urls for a in ("--url", u)])
+    results = document["databases"]
+    assert [r["url"] for r in results] == urls
+    postgresql = sa.make_url(db_url).get_backend_name() == "postgresql"
+    for result in results:
+        assert set(result["rows"]) == set(bench_aio.ROWS)
+        sides = {"squeal", "floor", "pgqueuer"} if postgresql else {"squeal", "floor"}
+        for name, row in result["rows"].items():
+            for side in sides:
+                assert row[side] > 0, (name, side)
+            assert ("vs_pgqueuer" in row) is postgresql
+        assert result["settings"]["floor"] in ("asyncpg", "aiomysql", "asyncmy", "aiosqlite")
+    assert ("pgqueuer/squeal" in stdout) is postgresql
+
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        names = sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    left = [t for t in names for r in results if t.startswith(r["prefix"])]
+    assert left == []
 
 
 #: What a soak window reports about the message table, per database.

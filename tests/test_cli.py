@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from squeal import Queue
-from tests.conftest import primary_async_url
+from tests.urls import primary_async_url
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
 

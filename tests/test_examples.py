@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from squeal import Queue, migrate
-from tests.conftest import primary_async_url
+from tests.urls import primary_async_url
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
 #: Exceptions an example raises on purpose and squeal logs with their traceback: the worker

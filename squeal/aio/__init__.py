@@ -8,12 +8,14 @@ costs). Drivers: asyncpg, psycopg (async), aiomysql, asyncmy, aiosqlite.
 
 from __future__ import annotations
 
+from squeal.aio.buffer import AsyncBuffer
 from squeal.aio.message import AsyncMessage
 from squeal.aio.migrate import current, downgrade, schema_diff, status, upgrade
 from squeal.aio.queue import AsyncQueue, AsyncTopicLock
 from squeal.aio.worker import AsyncWorker
 
 __all__ = [
+    "AsyncBuffer",
     "AsyncMessage",
     "AsyncQueue",
     "AsyncTopicLock",

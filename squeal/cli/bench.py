@@ -653,7 +653,13 @@ def _note(row: str, entry: dict[str, Any]) -> str:
         return "vs small backlog: " + pair("vs_small_backlog")
     if "eight_over_two" in entry:
         return "8/2: " + pair("eight_over_two")
-    if row == "latency":
+    if "vs_pgqueuer" in entry:
+        against = "pgqueuer/squeal" if row == "latency" else "squeal/pgqueuer"
+        return (
+            f"pgqueuer {_fmt(entry['pgqueuer'], entry['unit'])}: {against} "
+            f"{entry['vs_pgqueuer']:.2f}"
+        )
+    if row == "latency" and "squeal_p95" in entry:
         return (
             f"p95/p99 squeal {entry['squeal_p95']:.1f}/{entry['squeal_p99']:.1f}, "
             f"floor {entry['floor_p95']:.1f}/{entry['floor_p99']:.1f}; ratio = floor/squeal p50"
@@ -705,6 +711,12 @@ def _versions() -> dict[str, str]:
         "mysqlclient",
         "mysql-connector-python",
         "mariadb",
+        "greenlet",
+        "asyncpg",
+        "aiomysql",
+        "asyncmy",
+        "aiosqlite",
+        "pgqueuer",
     ):
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
@@ -818,6 +830,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _measure(url: sa.URL, args: argparse.Namespace, rows: tuple[str, ...], stem: str) -> Any:
+    """One database's results: the sync rows, or squeal.aio's on an asyncio URL."""
+    if _is_async(url):
+        from squeal.cli import bench_aio
+
+        prefix = f"{stem}_{secrets.token_hex(4)}"
+        return bench_aio.measure(url, args.quick, args.rounds, prefix)
+    sizes = QUICK if args.quick else FULL
+    return _Bench(url, sizes, args.rounds or sizes.rounds, rows, stem).run()
+
+
+def _is_async(url: sa.URL) -> bool:
+    """Whether ``url`` names an asyncio driver (measured by ``squeal.cli.bench_aio``)."""
+    return bool(getattr(url.get_dialect(), "is_async", False))
+
+
 def _urls(args: argparse.Namespace, scratch: Path) -> list[sa.URL]:
     given = getattr(args, "url", None)
     texts = [given] if isinstance(given, str) else list(given or [])
@@ -849,7 +877,7 @@ def run(args: argparse.Namespace) -> int:
     from squeal.cli.floor import floor_missing
 
     for given in _urls(args, Path(".")):
-        missing = floor_missing(given)
+        missing = None if _is_async(given) else floor_missing(given)
         if missing:
             print(f"squeal bench: {missing}", file=sys.stderr)
             return 2
@@ -859,9 +887,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         for url in _urls(args, scratch):
             shown = url.render_as_string(hide_password=True)
-            _say(f"measuring {shown} ({rounds} rounds)")
+            _say(f"measuring {shown}")
             began = time.monotonic()
-            result = _Bench(url, sizes, rounds, rows, stem).run()
+            result = _measure(url, args, rows, stem)
             result["url"] = shown
             result["elapsed_s"] = round(time.monotonic() - began, 1)
             results.append(result)
@@ -871,7 +899,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     machine = _machine()
     print(
-        f"squeal bench: {rounds} round(s), medians; ratio = squeal / floor (1.0: as fast as "
+        f"squeal bench: medians of {rounds} round(s) (asyncio URLs: see their rounds); "
+        f"ratio = squeal / floor (1.0: as fast as "
         f"hand-written driver code). {machine['cpus']} CPUs, {machine['cpu']}."
     )
     print(", ".join(f"{name} {v}" for name, v in _versions().items()))

@@ -63,7 +63,8 @@ class Raw:
         raise NotImplementedError
 
 
-def _server(url: sa.URL, port: int) -> dict[str, Any]:
+def server_args(url: sa.URL, port: int) -> dict[str, Any]:
+    """The keywords a driver connects to ``url``'s server with (``port`` by default)."""
     return {
         "host": url.host or "localhost",
         "port": url.port or port,
@@ -86,7 +87,7 @@ class Psycopg(Raw):
     module = "psycopg"
 
     def connect(self, url: sa.URL) -> Any:
-        return self.dbapi.connect(**_server(url, 5432), dbname=url.database, autocommit=True)
+        return self.dbapi.connect(**server_args(url, 5432), dbname=url.database, autocommit=True)
 
     def wait(self, conn: Any, timeout: float) -> None:
         for _ in conn.notifies(timeout=timeout, stop_after=1):
@@ -98,7 +99,7 @@ class Psycopg2(Raw):
     module = "psycopg2"
 
     def connect(self, url: sa.URL) -> Any:
-        conn = self.dbapi.connect(**_server(url, 5432), dbname=url.database)
+        conn = self.dbapi.connect(**server_args(url, 5432), dbname=url.database)
         conn.autocommit = True
         return conn
 
@@ -113,7 +114,7 @@ class Pg8000(Raw):
     module = "pg8000.dbapi"
 
     def connect(self, url: sa.URL) -> Any:
-        conn = self.dbapi.connect(**_server(url, 5432), database=url.database)
+        conn = self.dbapi.connect(**server_args(url, 5432), database=url.database)
         conn.autocommit = True
         return conn
 
@@ -129,7 +130,7 @@ class _MySQLRaw(Raw):
     """The MySQL-family drivers all connect with the same keywords."""
 
     def connect(self, url: sa.URL) -> Any:
-        return self.dbapi.connect(**_server(url, 3306), database=url.database, autocommit=True)
+        return self.dbapi.connect(**server_args(url, 3306), database=url.database, autocommit=True)
 
 
 class PyMySQL(_MySQLRaw):
@@ -163,11 +164,25 @@ class Floor:
 
     def __init__(self, url: sa.URL, prefix: str, raw: Raw) -> None:
         self.raw = raw
-        #: The driver's parameter marker.
-        self.mark = raw.mark
-        self.table = f"{validate_prefix(prefix)}_message"
+        self.write(prefix, raw.mark)
         self.conn: Any = self.connect(url)
         self.cur: Any = self.conn.cursor()
+
+    @classmethod
+    def statements(cls, prefix: str, mark: str) -> Floor:
+        """The floor's SQL for ``prefix`` with parameter marker ``mark``, unconnected.
+
+        The asyncio floor (``squeal.cli.floor_aio``) runs these same statements.
+        """
+        floor = cls.__new__(cls)
+        floor.write(prefix, mark)
+        return floor
+
+    def write(self, prefix: str, mark: str) -> None:
+        """Write the statements (once per floor)."""
+        #: The driver's parameter marker.
+        self.mark = mark
+        self.table = f"{validate_prefix(prefix)}_message"
         t, now, p = self.table, self.now, self.mark
         columns = "topic, neg_priority, state, visible_at, enqueued_at, attempts, payload"
         self._row = f"({p}, {p}, {READY}, NULL, {now}, 0, {p})"
@@ -194,6 +209,10 @@ class Floor:
         """The claim statement (written once)."""
         return ""
 
+    def claim_params(self, topic: str, limit: int, vt_ms: int, token: int) -> tuple[Any, ...]:
+        """The claim statement's parameters, in its markers' order."""
+        raise NotImplementedError
+
     def connect(self, url: sa.URL) -> Any:
         """A new autocommit DB-API connection to ``url``."""
         return self.raw.connect(url)
@@ -210,12 +229,26 @@ class Floor:
 
     def put_many(self, payloads: Sequence[bytes], topic: str, priority: int = 0) -> list[int]:
         """Insert ready messages with one multi-row INSERT; their ids."""
-        sql = self._insert + ", ".join([self._row] * len(payloads)) + " RETURNING id"
+        self.cur.execute(
+            self.insert_sql(len(payloads)), self.insert_params(payloads, topic, priority)
+        )
+        return [row[0] for row in self.cur.fetchall()]
+
+    def insert_sql(self, count: int) -> str:
+        """Insert ``count`` ready rows, returning their ids."""
+        return self._insert + ", ".join([self._row] * count) + " RETURNING id"
+
+    def insert_params(self, payloads: Sequence[bytes], topic: str, priority: int) -> list[Any]:
+        """The parameters of :meth:`insert_sql`."""
         params: list[Any] = []
         for payload in payloads:
             params += [topic, -priority, payload]
-        self.cur.execute(sql, params)
-        return [row[0] for row in self.cur.fetchall()]
+        return params
+
+    def ack_many_sql(self, count: int) -> str:
+        """Delete ``count`` leased messages (parameters: the token, then the ids)."""
+        marks = ", ".join([self.mark] * count)
+        return f"DELETE FROM {self.table} WHERE lease_token = {self.mark} AND id IN ({marks})"
 
     def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
         """Lease up to ``limit`` ready messages; (lease token, rows of :data:`CLAIMED`)."""
@@ -228,9 +261,7 @@ class Floor:
 
     def ack_many(self, ids: Sequence[int], token: int) -> int:
         """Delete leased messages with one statement; how many."""
-        marks = ", ".join([self.mark] * len(ids))
-        sql = f"DELETE FROM {self.table} WHERE lease_token = {self.mark} AND id IN ({marks})"
-        self.cur.execute(sql, (token, *ids))
+        self.cur.execute(self.ack_many_sql(len(ids)), (token, *ids))
         return int(self.cur.rowcount)
 
     def wait_claim(self, topic: str, vt_ms: int, timeout: float) -> tuple[int, ClaimedRows]:
@@ -304,12 +335,15 @@ class SQLiteFloor(Floor):
         both = f"SELECT * FROM ({ready}) UNION ALL SELECT * FROM ({self._due})"
         return f"{self._take} WHERE id IN ({self._best.format(both)}) RETURNING {CLAIMED}"
 
+    def claim_params(self, topic: str, limit: int, vt_ms: int, token: int) -> tuple[Any, ...]:
+        return (vt_ms, token, topic, limit, topic, limit, limit)
+
     def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
         token = random.getrandbits(63)
         cur = self.cur
         cur.execute("BEGIN IMMEDIATE")
         try:
-            cur.execute(self._claim, (vt_ms, token, topic, limit, topic, limit, limit))
+            cur.execute(self._claim, self.claim_params(topic, limit, vt_ms, token))
             rows = cur.fetchall()
             cur.execute("COMMIT")
         except BaseException:
@@ -336,29 +370,27 @@ class PostgreSQLFloor(Floor):
     def __init__(self, url: sa.URL, prefix: str, raw: Raw) -> None:
         super().__init__(url, prefix, raw)
         self.url = url
-        #: Puts announce themselves on this channel, as squeal's do; waiting consumers LISTEN.
-        self.channel = f"{validate_prefix(prefix)}_floor_wake"
         self._listener: Any = None
 
-    def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
-        sql = (
-            f"WITH ins AS ({self._insert}{self._row} RETURNING id) "
-            "SELECT id FROM ins WHERE pg_notify(%s, %s)::text IS NOT NULL"
-        )
-        self.cur.execute(sql, (topic, -priority, payload, self.channel, topic))
-        return int(self.cur.fetchone()[0])
+    def write(self, prefix: str, mark: str) -> None:
+        super().write(prefix, mark)
+        #: Puts announce themselves on this channel, as squeal's do; waiting consumers LISTEN.
+        self.channel = f"{validate_prefix(prefix)}_floor_wake"
 
-    def put_many(self, payloads: Sequence[bytes], topic: str, priority: int = 0) -> list[int]:
-        rows = ", ".join([self._row] * len(payloads))
-        sql = (
+    def insert_sql(self, count: int) -> str:
+        """Insert ``count`` ready rows and notify the channel; selects their ids."""
+        rows = ", ".join([self._row] * count)
+        p = self.mark
+        return (
             f"WITH ins AS ({self._insert}{rows} RETURNING id) "
-            "SELECT id FROM ins WHERE pg_notify(%s, %s)::text IS NOT NULL"
+            f"SELECT id FROM ins WHERE pg_notify({p}, {p})::text IS NOT NULL"
         )
-        params: list[Any] = []
-        for payload in payloads:
-            params += [topic, -priority, payload]
-        self.cur.execute(sql, [*params, self.channel, topic])
-        return [r[0] for r in self.cur.fetchall()]
+
+    def insert_params(self, payloads: Sequence[bytes], topic: str, priority: int) -> list[Any]:
+        return [*super().insert_params(payloads, topic, priority), self.channel, topic]
+
+    def put(self, payload: bytes, topic: str, priority: int = 0) -> int:
+        return self.put_many([payload], topic, priority)[0]
 
     def claim_sql(self) -> str:
         ready = self._ready.replace("SELECT id ", "SELECT id, neg_priority ", 1)
@@ -370,9 +402,12 @@ class PostgreSQLFloor(Floor):
             f"RETURNING {CLAIMED}"
         )
 
+    def claim_params(self, topic: str, limit: int, vt_ms: int, token: int) -> tuple[Any, ...]:
+        return (topic, limit, topic, limit, vt_ms, token, limit)
+
     def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
         token = random.getrandbits(63)
-        self.cur.execute(self._claim, (topic, limit, topic, limit, vt_ms, token, limit))
+        self.cur.execute(self._claim, self.claim_params(topic, limit, vt_ms, token))
         return token, self.cur.fetchall()
 
     def wait_claim(self, topic: str, vt_ms: int, timeout: float) -> tuple[int, ClaimedRows]:
@@ -425,13 +460,14 @@ class MySQLFloor(Floor):
         cur.execute(self._insert + self._row, (topic.encode(), -priority, payload))
         return int(cur.lastrowid)
 
+    def insert_params(self, payloads: Sequence[bytes], topic: str, priority: int) -> list[Any]:
+        return super().insert_params(payloads, topic.encode(), priority)  # type: ignore[arg-type]
+
     def put_many(self, payloads: Sequence[bytes], topic: str, priority: int = 0) -> list[int]:
         if self._returning:
-            return super().put_many(payloads, topic.encode(), priority)  # type: ignore[arg-type]
+            return super().put_many(payloads, topic, priority)
         # MySQL has no INSERT ... RETURNING: a multi-row insert takes consecutive ids.
-        params: list[Any] = []
-        for payload in payloads:
-            params += [topic.encode(), -priority, payload]
+        params = self.insert_params(payloads, topic, priority)
         self.cur.execute(self._insert + ", ".join([self._row] * len(payloads)), params)
         first = int(self.cur.lastrowid)
         return list(range(first, first + len(payloads)))
@@ -448,23 +484,38 @@ class MySQLFloor(Floor):
             "FOR UPDATE SKIP LOCKED)"
         )
 
+    def claim_params(self, topic: str, limit: int, vt_ms: int, token: int) -> tuple[Any, ...]:
+        """The candidates' parameters (the claim selects, then takes with :meth:`take_sql`)."""
+        return (topic.encode(), limit, topic.encode(), limit)
+
+    def take_sql(self, count: int) -> str:
+        """Lease ``count`` candidates (parameters: vt_ms, token, their ids)."""
+        return f"{self._take} WHERE id IN ({', '.join([self.mark] * count)})"
+
+    @staticmethod
+    def best(rows: ClaimedRows, limit: int) -> ClaimedRows:
+        """The best ``limit`` of both candidate sets."""
+        return sorted(rows, key=lambda r: (r[2], r[0]))[:limit]
+
+    @staticmethod
+    def taken(rows: ClaimedRows) -> ClaimedRows:
+        """The candidates as the take left them (one attempt more)."""
+        return [(r[0], r[1], r[2], r[3] + 1, r[4]) for r in rows]
+
     def claim(self, topic: str, limit: int, vt_ms: int) -> tuple[int, ClaimedRows]:
         token = random.getrandbits(63)
         cur = self.cur
         cur.execute("BEGIN")
         try:
-            cur.execute(self._claim, (topic.encode(), limit, topic.encode(), limit))
-            rows = sorted(cur.fetchall(), key=lambda r: (r[2], r[0]))[:limit]
+            cur.execute(self._claim, self.claim_params(topic, limit, vt_ms, token))
+            rows = self.best(cur.fetchall(), limit)
             if rows:
-                marks = ", ".join([self.mark] * len(rows))
-                cur.execute(
-                    f"{self._take} WHERE id IN ({marks})", (vt_ms, token, *[r[0] for r in rows])
-                )
+                cur.execute(self.take_sql(len(rows)), (vt_ms, token, *[r[0] for r in rows]))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return token, [(r[0], r[1], r[2], r[3] + 1, r[4]) for r in rows]
+        return token, self.taken(rows)
 
     def fill_waiting(self, topic: str, payload: bytes, count: int, *, priority: int) -> None:
         super().fill_waiting(topic.encode(), payload, count, priority=priority)  # type: ignore[arg-type]
@@ -512,4 +563,4 @@ def floor_for(url: sa.URL, prefix: str) -> Floor:
     return cls(url, prefix, raw())
 
 
-__all__ = ["CLAIMED", "Floor", "Raw", "floor_for", "floor_missing"]
+__all__ = ["CLAIMED", "Floor", "Raw", "floor_for", "floor_missing", "server_args"]

@@ -103,14 +103,14 @@ class Aiomysql(_Adapted):
         dbapi.autocommit(True)
 
     def prepare(self, dbapi: Any, session_sql: Any) -> None:
-        _escape_bytes_on(dbapi.driver_connection)
+        escape_aiomysql_bytes(dbapi.driver_connection)
         super().prepare(dbapi, session_sql)
 
     def adopt(self, dbapi: Any) -> None:
-        _escape_bytes_on(dbapi.driver_connection)
+        escape_aiomysql_bytes(dbapi.driver_connection)
 
 
-def _escape_bytes_on(connection: Any) -> None:
+def escape_aiomysql_bytes(connection: Any) -> None:
     """aiomysql 0.3.2 escapes bytes with a PyMySQL function that PyMySQL 1.2.3 replaced by a
     string, so every bytes parameter raises ``TypeError: 'str' object is not callable``
     (aio-libs/aiomysql#1080, open). On the connections squeal uses (its own, and a caller's

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 import squeal
 import squeal.aio
 from squeal import InvalidType, Queue, migrate
-from squeal.aio import AsyncMessage, AsyncQueue
+from squeal.aio import AsyncBuffer, AsyncMessage, AsyncQueue
 
 #: The slow-callback threshold of the loop's debug mode, after warm-up.
 SLOW_CALLBACK_SECONDS = 0.1
@@ -257,10 +257,48 @@ def test_the_apis_point_at_each_other(async_url: str, db_url: str) -> None:
             q = AsyncQueue(engine, prefix=f"a{secrets.token_hex(5)}")
             with pytest.raises(InvalidType, match=r"await session\.connection\(\)"):
                 await q.put(b"x", connection=AsyncSession(engine))  # type: ignore[arg-type]
+            with pytest.raises(InvalidType, match=r"squeal\.aio\.AsyncBuffer"):
+                squeal.Buffer(q)  # type: ignore[arg-type]
+            with pytest.raises(InvalidType, match=r"squeal\.Buffer"):
+                AsyncBuffer(Queue(sa.create_engine(db_url)))  # type: ignore[arg-type]
             with pytest.raises(squeal.SchemaMissing):
                 await q.put(b"x")
         finally:
             await engine.dispose()
+
+
+def test_a_buffer_serves_one_task_while_others_settle(async_url: str) -> None:
+    """An AsyncBuffer's waiting get hands out the next message of a topic at its quota as soon
+    as another task acks the one outstanding; ``async for`` drains; ``async with`` gives the
+    topic locks back."""
+
+    async def body() -> None:
+        async with opened(async_url) as q:
+            await q.put_many([b"1", b"2", b"3"], "a")
+            async with AsyncBuffer(q, default_topic_quota=1) as buffer:
+                first = await buffer.get()
+                assert first is not None
+                assert await buffer.get() is None  # the topic is at its quota
+
+                async def settle_later() -> None:
+                    await asyncio.sleep(0.2)
+                    await first.ack()
+
+                settler = asyncio.create_task(settle_later())
+                second = await buffer.get(wait=10)
+                await settler
+                assert second is not None
+                assert second.payload == b"2"
+                buffer.half_ack(second)  # its slot is free; it stays leased
+                rest = [m async for m in buffer]
+                assert [m.payload for m in rest] == [b"3"]
+                await q.ack_many([second, *rest])
+                assert buffer.held_topics() == ["a"]
+            assert buffer.held_topics() == []
+            assert await q.acquire_topic() is None  # released, and nothing left to lock
+            assert await q.stats() == {}
+
+    run(body())
 
     run(body())
 
