@@ -280,7 +280,9 @@ class _Bench:
             for side in sides:
                 await side.open()
                 opened.append(side)
-            helpers = {side.name: [await side.other() for _ in range(CONSUMERS)] for side in sides}
+            helpers: dict[str, list[_Side]] = {}
+            for side in sides:  # (no await in a nested comprehension: Python 3.10)
+                helpers[side.name] = [await side.other() for _ in range(CONSUMERS)]
             for index in range(self.rounds):
                 order = random.sample(sides, len(sides))
                 print(f"  round {index + 1}: " + ", ".join(s.name for s in order), flush=True)
