@@ -248,6 +248,8 @@ class TopicStats:
     dead: int
     oldest_ready_age: float | None
     """Seconds since the oldest ready message was enqueued; None when nothing is ready."""
+    paused: bool = False
+    """Whether the topic is paused (``Queue.pause``): its messages are not delivered."""
 
     @property
     def total(self) -> int:

@@ -22,6 +22,7 @@ from squeal.dialects.dedup import SWEEP_EVERY
 from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
+from squeal.flow import FlowStatements
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
 from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session, wrap
@@ -105,6 +106,7 @@ class Queue:
         )
         self._strategy = strategy_for(engine, self._tables, notify=bool(notify))
         self._admin = AdminStatements(self._tables)
+        self._flow = FlowStatements(self._strategy, self._tables)
         self._session = Session(engine, self._strategy, self._tables)
         self._topic_locks = TopicLocks(
             self, self._session, locking_for(engine.dialect, self._tables, self._admin.ready)
@@ -685,19 +687,29 @@ class Queue:
         return {name: s.ready for name, s in self.stats().items() if s.ready}
 
     def stats(self) -> dict[str, TopicStats]:
-        """Per topic: ready, delayed, leased and dead counts and the oldest ready message's age."""
+        """Per topic: ready, delayed, leased and dead counts, the oldest ready message's age,
+        and whether it is paused (a paused topic is listed even with no message)."""
         params = {"max_attempts": self._max_attempts}
-        rows = self._session.read(lambda ex: ex.rows(self._admin.stats, params))
-        return {
+
+        def read(ex: Executor) -> tuple[list[Any], list[str]]:
+            return ex.rows(self._admin.stats, params), self._flow.paused(ex)
+
+        rows, paused = self._session.read(read)
+        stats = {
             text_value(topic): TopicStats(
                 ready=int(ready),
                 delayed=int(delayed),
                 leased=int(leased),
                 dead=int(dead),
                 oldest_ready_age=None if oldest is None else (now - oldest) / 1000,
+                paused=text_value(topic) in paused,
             )
             for topic, ready, delayed, leased, dead, oldest, now in rows
         }
+        for topic in paused:
+            if topic not in stats:
+                stats[topic] = TopicStats(0, 0, 0, 0, None, paused=True)
+        return dict(sorted(stats.items()))
 
     def dead(self, topic: str = "default", limit: int = 100) -> list[DeadMessage]:
         """Dead messages of ``topic``, oldest first."""
@@ -774,6 +786,28 @@ class Queue:
             return ex.count(self._admin.purge_all, params)
 
         return int(self._session.write(purge, None, atomic=True))
+
+    # -- flow control (squeal/flow.py) -----------------------------------------------------------
+
+    def pause(self, topic: str) -> None:
+        """Stop deliveries of ``topic`` for every consumer of every process until
+        :meth:`resume`: claims skip it (a waiting ``get`` keeps waiting), as do topic locks
+        and Buffers; puts still land, and ``size``, ``topics`` and ``stats`` count as before.
+        A claim already running when the pause commits may still deliver (docs/flow_control.md).
+        """
+        topic = check.text(topic, "topic")
+        self._session.write(lambda ex: self._flow.pause(ex, topic), None, atomic=True)
+        log.event("topic_paused", topic=topic)
+
+    def resume(self, topic: str) -> None:
+        """Let ``topic`` be delivered again (nothing if it was not paused)."""
+        topic = check.text(topic, "topic")
+        self._session.write(lambda ex: self._flow.resume(ex, topic))
+        log.event("topic_resumed", topic=topic)
+
+    def paused(self) -> list[str]:
+        """The paused topics, in name order."""
+        return self._session.read(self._flow.paused)
 
     def dedup_override(
         self, keys: Iterable[str], topic: str = "default", *, window: float | None

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0002"
+SCHEMA_REVISION = "squeal_0003_compat_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -143,6 +143,13 @@ class Tables:
     #: Dedup keys kept for a window (``Queue(dedup_window=...)``, ``Queue.dedup_override``):
     #: a key blocks puts of that key in its topic until ``expires_at``.
     dedup: sa.Table
+    #: Flow control per topic (``Queue.pause``): a row exists once a topic was paused; the
+    #: claim statements skip a topic whose row says ``paused``. The limit columns are for
+    #: concurrency and rate limits.
+    topic: sa.Table
+    #: Recurring messages (``Queue.schedule``): each row's next run, claimed by a
+    #: compare-and-set on ``next_run_at`` so a tick is enqueued once across processes.
+    schedule: sa.Table
 
 
 def build_tables(prefix: str, schema: str | None = None) -> Tables:
@@ -188,6 +195,34 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         sa.PrimaryKeyConstraint("topic", "dedup_key", name=f"{prefix}_dedup_pk"),
         sa.Index(f"{prefix}_dedup_expiry_ix", "expires_at"),
     )
+    topic = sa.Table(
+        f"{prefix}_topic",
+        metadata,
+        sa.Column("topic", ExactText(), nullable=False),
+        sa.Column("paused", sa.SmallInteger(), nullable=False),
+        sa.Column("concurrency", sa.Integer(), nullable=True),
+        sa.Column("rate", sa.Integer(), nullable=True),
+        sa.Column("per_ms", sa.BigInteger(), nullable=True),
+        sa.Column("tokens", sa.Float(), nullable=True),
+        sa.Column("refilled_at", sa.BigInteger(), nullable=True),
+        sa.Column("updated_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("topic", name=f"{prefix}_topic_pk"),
+    )
+    schedule = sa.Table(
+        f"{prefix}_schedule",
+        metadata,
+        sa.Column("name", ExactText(), nullable=False),
+        sa.Column("topic", ExactText(), nullable=False),
+        sa.Column("payload", payload_type(), nullable=False),
+        sa.Column("neg_priority", sa.BigInteger(), nullable=False),
+        sa.Column("cron", sa.String(255), nullable=True),
+        sa.Column("every_ms", sa.BigInteger(), nullable=True),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("next_run_at", sa.BigInteger(), nullable=False),
+        sa.Column("last_run_at", sa.BigInteger(), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=f"{prefix}_schedule_pk"),
+        sa.Index(f"{prefix}_schedule_due_ix", "next_run_at"),
+    )
     return Tables(
         prefix=prefix,
         schema=schema,
@@ -195,4 +230,6 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         message=message,
         topic_lock=topic_lock,
         dedup=dedup,
+        topic=topic,
+        schedule=schedule,
     )

@@ -202,6 +202,29 @@ def test_dead_redrive_and_purge(
     assert q.stats() == {}
 
 
+def test_pause_lists_and_resume(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    q = make_queue()
+    q.put(b"x", "jobs")
+    assert cli("pause").stdout.strip() == "no topic is paused"
+    paused = cli("pause", "jobs", "idle")
+    assert paused.returncode == 0, paused.stderr
+    assert q.paused() == ["idle", "jobs"]
+    assert q.get("jobs") is None
+    assert cli("pause").stdout.split() == ["idle", "jobs"]
+    table = cli("stats").stdout.splitlines()
+    assert table[0].split()[-1] == "state"
+    assert [line.split()[-1] for line in table[1:]] == ["paused", "paused"]
+    assert json.loads(cli("stats", "--json").stdout)["jobs"]["paused"] is True
+    assert cli("resume").returncode == 2  # names nothing: a usage error
+    assert cli("resume", "jobs", "idle").returncode == 0
+    assert q.paused() == []
+    msg = q.get("jobs")
+    assert msg is not None
+    msg.ack()
+
+
 def test_missing_schema_names_the_migrate_command(db_url: str, prefix: str) -> None:
     done = squeal("stats", "--url", db_url, "--prefix", prefix)
     assert done.returncode == 1

@@ -303,7 +303,7 @@ def downgrade():
 def later_revision(*, compatible: bool) -> str:
     """The id the next revision after this squeal's head would have: ``squeal_NNNN``, or
     ``squeal_NNNN_compat_MMMM`` when it only adds, so this squeal's code still runs on it."""
-    number = int(SCHEMA_REVISION.removeprefix("squeal_"))
+    number = int(SCHEMA_REVISION.removeprefix("squeal_")[:4])
     later = f"squeal_{number + 1:04d}"
     return f"{later}_compat_{number:04d}" if compatible else later
 

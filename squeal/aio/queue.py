@@ -252,6 +252,18 @@ class AsyncQueue:
         """Delete a topic's messages (see :meth:`squeal.Queue.purge`)."""
         return await run(self.sync.purge, topic, dead_only=dead_only)
 
+    async def pause(self, topic: str) -> None:
+        """Stop deliveries of ``topic`` everywhere (see :meth:`squeal.Queue.pause`)."""
+        await run(self.sync.pause, topic)
+
+    async def resume(self, topic: str) -> None:
+        """Deliver ``topic`` again (see :meth:`squeal.Queue.resume`)."""
+        await run(self.sync.resume, topic)
+
+    async def paused(self) -> list[str]:
+        """The paused topics (see :meth:`squeal.Queue.paused`)."""
+        return await run(self.sync.paused)
+
     async def dedup_override(
         self, keys: Iterable[str], topic: str = "default", *, window: float | None
     ) -> None:

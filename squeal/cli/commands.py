@@ -423,11 +423,16 @@ def stats_command(args: argparse.Namespace) -> int:
     if not stats:
         print("no messages")
         return EXIT_OK
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (t, s.ready, s.delayed, s.leased, s.dead, _age(s.oldest_ready_age))
         for t, s in stats.items()
     ]
-    print(table(("topic", "ready", "delayed", "leased", "dead", "oldest"), rows))
+    columns: tuple[str, ...] = ("topic", "ready", "delayed", "leased", "dead", "oldest")
+    if any(s.paused for s in stats.values()):
+        columns += ("state",)
+        states = ["paused" if s.paused else "" for s in stats.values()]
+        rows = [(*row, state) for row, state in zip(rows, states, strict=True)]
+    print(table(columns, rows))
     return EXIT_OK
 
 
@@ -640,6 +645,39 @@ def purge_command(args: argparse.Namespace) -> int:
                 return EXIT_FAILURE
         deleted = queue.purge(args.topic, dead_only=args.dead_only)
     print(f"deleted {deleted} {what} of {args.topic!r}")
+    return EXIT_OK
+
+
+def _topics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topics", metavar="TOPIC", nargs="*", help="(none: list the paused)")
+
+
+@command(
+    "pause",
+    help="stop delivering topics, for every consumer (no topic: list the paused ones)",
+    arguments=_topics_arguments,
+)
+def pause_command(args: argparse.Namespace) -> int:
+    """``squeal pause [TOPIC ...]``."""
+    with open_queue(args) as queue:
+        for topic in args.topics:
+            queue.pause(topic)
+            print(f"paused {topic!r}")
+        if not args.topics:
+            paused = queue.paused()
+            print("\n".join(paused) if paused else "no topic is paused")
+    return EXIT_OK
+
+
+@command("resume", help="deliver paused topics again", arguments=_topics_arguments)
+def resume_command(args: argparse.Namespace) -> int:
+    """``squeal resume TOPIC ...``."""
+    if not args.topics:
+        raise CommandError("name the topics to resume (squeal pause lists them)", EXIT_USAGE)
+    with open_queue(args) as queue:
+        for topic in args.topics:
+            queue.resume(topic)
+            print(f"resumed {topic!r}")
     return EXIT_OK
 
 

@@ -79,6 +79,12 @@ def scope_params(scope: ClaimScope) -> dict[str, int]:
     return {"after_p": after_p, "after_id": after_id, "due_within_ms": due_within_ms}
 
 
+def running(topics: sa.Table, topic: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """True unless ``topic`` is paused (its row in the topic table says so)."""
+    paused = sa.and_(topics.c.topic == topic, in_state(topics.c.paused, 1))
+    return sa.not_(sa.exists().where(paused))
+
+
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
     """True for a row whose lease ran out on its last allowed attempt."""
     return sa.and_(m.c.lease_token.is_not(None), m.c.attempts >= _param("max_attempts"))
@@ -156,10 +162,14 @@ class Strategy:
         # Only WAITING rows have a visible_at, so this range of the due index is exactly the
         # rows whose delay, backoff or lease has run out. (A state test here would let the
         # planner prefer the claim index and filter every leased row.)
+        #: The claimed topic is not paused (``Queue.pause``): one primary-key probe per
+        #: statement, not per row, since it does not depend on the row.
+        self.running = running(tables.topic, _param("in_topic"))
         due = sa.and_(
             m.c.topic == _param("in_topic"),
             m.c.visible_at <= now,
             m.c.visible_at >= now - _param("due_within_ms", sa.BigInteger()),
+            self.running,
         )
         # Every due row is promoted (or leased) by the claim that finds it, not just ``limit``
         # of them: a due row left WAITING could outrank the READY row the claim returns. Each
@@ -168,7 +178,12 @@ class Strategy:
         self.due_ids = sa.select(m.c.id).where(due).order_by(m.c.visible_at)
         self.ready_ids = (
             sa.select(m.c.id)
-            .where(m.c.topic == _param("in_topic"), in_state(m.c.state, READY), self.after_floor(m))
+            .where(
+                m.c.topic == _param("in_topic"),
+                in_state(m.c.state, READY),
+                self.after_floor(m),
+                self.running,
+            )
             .order_by(m.c.neg_priority, m.c.id)
             .limit(_param("limit"))
         )
@@ -198,6 +213,7 @@ class Strategy:
                 m.c.topic == _param("in_topic"),
                 in_state(m.c.state, READY),
                 m.c.neg_priority < _param("after_p", sa.BigInteger()),
+                self.running,
             )
             .order_by(m.c.neg_priority, m.c.id)
             .limit(_param("limit"))
@@ -216,8 +232,11 @@ class Strategy:
     #: Whether a claim needs a transaction around its statements (one statement needs none).
     claim_is_one_statement: ClassVar[bool] = False
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
-        """An insert of ``values`` (one row or several) that skips rows whose key is taken."""
+    def insert_ignoring_conflicts(
+        self, values: dict[str, Any] | list[dict[str, Any]], table: sa.Table | None = None
+    ) -> Insert:
+        """An insert of ``values`` (one row or several) into ``table`` (the message table by
+        default) that skips rows whose key is taken."""
         raise NotImplementedError
 
     #: Statements that set up each connection squeal keeps (after autocommit is on).
@@ -421,5 +440,6 @@ __all__ = [
     "in_claim_order",
     "promoted",
     "promoted_state",
+    "running",
     "scope_params",
 ]

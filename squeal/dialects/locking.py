@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from squeal.clock import now_ms
+from squeal.dialects.base import running
 from squeal.executor import Executor
 from squeal.schema import Tables
 
@@ -39,6 +40,7 @@ class Locking:
         self.dialect = dialect
         self.lock = tables.topic_lock
         self.message = tables.message
+        self.topics = tables.topic
         self._ready = ready
 
     # -- shared statements ----------------------------------------------------------------------
@@ -54,7 +56,7 @@ class Locking:
         ready = sa.func.count().label("ready")
         base = (
             sa.select(m.c.topic, ready)
-            .where(self._ready, sa.not_(held))
+            .where(self._ready, sa.not_(held), running(self.topics, m.c.topic))
             .group_by(m.c.topic)
             .order_by(ready.desc(), m.c.topic)
             .limit(CANDIDATES)

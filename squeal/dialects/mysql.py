@@ -129,9 +129,11 @@ class MySQLStrategy(Strategy):
     #: A result set costs MariaDB more than the OK packet's insert id.
     single_insert_returns: ClassVar[bool] = False
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
+    def insert_ignoring_conflicts(
+        self, values: dict[str, Any] | list[dict[str, Any]], table: sa.Table | None = None
+    ) -> Insert:
         # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
-        return mysql.insert(self.m).values(values).prefix_with("IGNORE")
+        return mysql.insert(self.m if table is None else table).values(values).prefix_with("IGNORE")
 
     #: Autocommit (the driver's): a put or an ack is one round trip. READ COMMITTED for the
     #: whole session, set once: a claim's locking reads take no gap locks that would block

@@ -81,8 +81,11 @@ class PostgreSQLStrategy(Strategy):
             m.c.lease_token == sa.bindparam("token"), m.c.id == sa.any_(ids)
         )
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
-        return postgresql.insert(self.m).values(values).on_conflict_do_nothing()
+    def insert_ignoring_conflicts(
+        self, values: dict[str, Any] | list[dict[str, Any]], table: sa.Table | None = None
+    ) -> Insert:
+        into = self.m if table is None else table
+        return postgresql.insert(into).values(values).on_conflict_do_nothing()
 
     #: psycopg prepares a statement on its fifth run, and PostgreSQL then keeps one generic
     #: plan. Built while the table was empty (a consumer polling an idle queue), that plan

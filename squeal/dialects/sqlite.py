@@ -53,8 +53,11 @@ class SQLiteStrategy(Strategy):
     #: The cursor's lastrowid: ~6 % faster one-message puts than reading RETURNING (A/B run).
     single_insert_returns: ClassVar[bool] = False
 
-    def insert_ignoring_conflicts(self, values: dict[str, Any] | list[dict[str, Any]]) -> Insert:
-        return sqlite.insert(self.m).values(values).on_conflict_do_nothing()
+    def insert_ignoring_conflicts(
+        self, values: dict[str, Any] | list[dict[str, Any]], table: sa.Table | None = None
+    ) -> Insert:
+        into = self.m if table is None else table
+        return sqlite.insert(into).values(values).on_conflict_do_nothing()
 
     def multirow_insert(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
         """``INSERT ... SELECT <shared values>, column2, column3 FROM (VALUES (i, ?, ?), ...)``.
