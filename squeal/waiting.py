@@ -185,7 +185,7 @@ class AsyncListener(Poller):
         if self._woken is None:  # not listening (unreachable): plain polling
             pause_for(timeout)
             return
-        with suppress(TimeoutError):
+        with suppress(asyncio.TimeoutError):  # (Python 3.10: not the built-in one)
             await_(asyncio.wait_for(self._woken.wait(), timeout))
 
     def _connect(self) -> None:

@@ -35,7 +35,7 @@ async def woken(event: asyncio.Event, timeout: float) -> bool:
     """Wait up to ``timeout`` for ``event``; whether it was set."""
     try:
         await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # (Python 3.10: not yet the built-in TimeoutError)
         return False
     return True
 
