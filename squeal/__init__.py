@@ -23,6 +23,7 @@ from squeal.errors import (
 )
 from squeal.message import DeadMessage, Message, PeekedMessage, TopicStats
 from squeal.queue import Queue
+from squeal.schedules import Schedule
 from squeal.topic_lock import TopicLock
 from squeal.worker import Worker
 
@@ -44,6 +45,7 @@ __all__ = [
     "PayloadTooLarge",
     "PeekedMessage",
     "Queue",
+    "Schedule",
     "SchemaError",
     "SchemaMissing",
     "SchemaOutOfDate",

@@ -68,4 +68,8 @@ class AdminStatements:
             .values(state=WAITING, attempts=0, lease_token=None, visible_at=now)
         )
         self.purge_all = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"))
+        #: One message by id unless a live lease holds it (an expired lease does not).
+        self.delete_one = sa.delete(m).where(
+            m.c.id == sa.bindparam("msg_id", type_=sa.BigInteger()), sa.not_(leased)
+        )
         self.purge_dead = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"), self.dead)

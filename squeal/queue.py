@@ -24,6 +24,8 @@ from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.flow import FlowStatements
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
+from squeal.schedules import BATCH as SCHEDULE_BATCH
+from squeal.schedules import Schedule, ScheduleStatements, when
 from squeal.schema import READY, WAITING, build_tables, text_value
 from squeal.session import Session, wrap
 from squeal.topic_lock import TopicLock, TopicLocks
@@ -107,6 +109,7 @@ class Queue:
         self._strategy = strategy_for(engine, self._tables, notify=bool(notify))
         self._admin = AdminStatements(self._tables)
         self._flow = FlowStatements(self._strategy, self._tables)
+        self._schedules = ScheduleStatements(self._strategy, self._tables)
         self._session = Session(engine, self._strategy, self._tables)
         self._topic_locks = TopicLocks(
             self, self._session, locking_for(engine.dialect, self._tables, self._admin.ready)
@@ -772,6 +775,16 @@ class Queue:
             PeekedMessage, self._session.read(lambda ex: ex.rows(self._admin.peek, params))
         )
 
+    def delete(self, message_id: int) -> bool:
+        """Delete one message that is not leased (ready, delayed, backing off, dead, or whose
+        lease ran out); whether it did. A message leased now is left alone: its consumer
+        settles it (``False``)."""
+        params = {"msg_id": check.count(message_id, "message_id", maximum=2**63 - 1)}
+        deleted = bool(self._session.write(lambda ex: ex.count(self._admin.delete_one, params)))
+        if deleted:
+            log.event("deleted", log.NOTABLE, message_id=params["msg_id"])
+        return deleted
+
     def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
         """Delete every message of ``topic`` (or only its dead ones); return how many.
 
@@ -797,17 +810,99 @@ class Queue:
         """
         topic = check.text(topic, "topic")
         self._session.write(lambda ex: self._flow.pause(ex, topic), None, atomic=True)
-        log.event("topic_paused", topic=topic)
+        log.event("topic_paused", log.NOTABLE, topic=topic)
 
     def resume(self, topic: str) -> None:
         """Let ``topic`` be delivered again (nothing if it was not paused)."""
         topic = check.text(topic, "topic")
         self._session.write(lambda ex: self._flow.resume(ex, topic))
-        log.event("topic_resumed", topic=topic)
+        log.event("topic_resumed", log.NOTABLE, topic=topic)
 
     def paused(self) -> list[str]:
         """The paused topics, in name order."""
         return self._session.read(self._flow.paused)
+
+    # -- schedules (squeal/schedules.py) ---------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        topic: str,
+        payload: bytes = b"",
+        cron: str | None = None,
+        every: float | None = None,
+        priority: int = 0,
+        timezone: str = "UTC",
+    ) -> Schedule:
+        """Put ``payload`` on ``topic`` at every tick of ``cron`` (read in ``timezone``) or
+        every ``every`` seconds, once per tick across every process that runs
+        :meth:`run_schedules` (workers do, at most once a second; or ``squeal scheduler``).
+
+        Defining a schedule again under the same name replaces it; an unchanged definition
+        keeps its next run. A changed one, and a new one, fire first at their first tick after
+        now. After downtime a schedule fires once, not once per missed tick.
+
+        Returns:
+            The schedule as stored, with its next run.
+
+        Raises:
+            ValueError / TypeError: a bad argument (an invalid cron expression, an unknown
+                time zone, neither or both of ``cron`` and ``every``); nothing was stored.
+        """
+        name = check.text(name, "name")
+        timing = when(cron, every, timezone)
+        shared = self._shared(topic, priority, None)
+        row = {
+            "name": name,
+            "topic": shared["topic"],
+            "payload": check.payload(payload, self.max_payload_size),
+            "neg_priority": shared["neg_priority"],
+        }
+        self._session.write(lambda ex: self._schedules.define(ex, row, timing), None, atomic=True)
+        log.event("schedule_defined", name=name, topic=row["topic"])
+        return next(s for s in self.schedules() if s.name == name)
+
+    def unschedule(self, name: str) -> bool:
+        """Delete the schedule ``name``; whether there was one."""
+        name = check.text(name, "name")
+        removed = bool(self._session.write(lambda ex: self._schedules.remove(ex, name)))
+        if removed:
+            log.event("schedule_removed", log.NOTABLE, name=name)
+        return removed
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, the next to fire first."""
+        return self._session.read(self._schedules.listed)
+
+    def run_schedules(self) -> int:
+        """Put the message of every schedule that is due; how many were put.
+
+        Each due tick is put once across every process that calls this: the schedule's next
+        run moves on by a compare-and-set in the same transaction as the put.
+        """
+        fired = 0
+        while True:
+            due = self._session.read(self._schedules.due)
+            for schedule, timing, was, now in due:
+                if self._fire(schedule, was, timing.next_after_missed(was, now)):
+                    fired += 1
+                    log.event("schedule_fired", name=schedule.name, topic=schedule.topic)
+            if len(due) < SCHEDULE_BATCH:
+                return fired
+
+    def _fire(self, schedule: Schedule, was: int, next_run: int) -> bool:
+        """Move ``schedule`` on from its tick ``was`` and put its message, in one transaction;
+        False when another process moved it on first."""
+        shared = self._shared(schedule.topic, schedule.priority, None)
+
+        def fire(ex: Executor) -> bool:
+            if not self._schedules.advance(ex, schedule.name, was, next_run):
+                return False
+            self._insert_chunks(ex, shared, [schedule.payload], [None])
+            return True
+
+        return bool(self._session.write(fire, None, atomic=True))
 
     def dedup_override(
         self, keys: Iterable[str], topic: str = "default", *, window: float | None

@@ -42,6 +42,7 @@ from squeal.errors import (
 from squeal.log import Leased
 from squeal.message import Message
 from squeal.queue import Queue
+from squeal.schedules import RUN_EVERY, schedules_failed, turn_to_run
 
 log = logging.getLogger("squeal.worker")
 
@@ -128,6 +129,8 @@ class Worker:
         grace_period: seconds in-flight handlers get to finish after a stop.
         heartbeat: seconds between lease extensions (default: a third of the lease).
         ack_in_transaction: run handler and ack in one transaction on the queue's engine.
+        run_schedules: put the queue's due schedules (:meth:`Queue.schedule`), at most once a
+            second per process for the same tables.
 
     Raises:
         ValueError (squeal.ValidationError): a bad option, or a handler that cannot be called
@@ -145,9 +148,11 @@ class Worker:
         grace_period: float = 30.0,
         heartbeat: float | None = None,
         ack_in_transaction: bool = False,
+        run_schedules: bool = True,
     ) -> None:
         self.queue = queue
         self.ack_in_transaction = bool(ack_in_transaction)
+        self.run_schedules = bool(run_schedules)
         self.handler = checked_handler(handler, self.ack_in_transaction)
         settings = self._settings = WorkerSettings.checked(
             topics=topics,
@@ -197,6 +202,8 @@ class Worker:
                 restore[sig] = signal.signal(sig, self._on_signal)
         beat = threading.Thread(target=self._heartbeats, name="squeal-heartbeat", daemon=True)
         beat.start()
+        if self.run_schedules:
+            threading.Thread(target=self._schedules, name="squeal-schedules", daemon=True).start()
         try:
             self._consume()
             self._drain()
@@ -343,6 +350,19 @@ class Worker:
                 return
         if error is not None:
             nacked(entry.message, error, self.queue.max_attempts)
+
+    def _schedules(self) -> None:
+        """Put the due schedules' messages, at most once a second per process."""
+        failed: str | None = None
+        while not self._stop.is_set():
+            if turn_to_run(self.queue):
+                try:
+                    self.queue.run_schedules()
+                except SquealError as error:
+                    failed = schedules_failed(error, failed)
+                else:
+                    failed = None
+            self._stop.wait(RUN_EVERY)
 
     # -- heartbeats -----------------------------------------------------------------------------
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,6 +225,43 @@ def test_pause_lists_and_resume(
     msg = q.get("jobs")
     assert msg is not None
     msg.ack()
+
+
+def test_scheduler_puts_due_schedules_and_stops_on_sigterm(
+    cli: Callable[..., subprocess.CompletedProcess[str]],
+    make_queue: Callable[..., Queue],
+    db_url: str,
+    prefix: str,
+) -> None:
+    q = make_queue()
+    assert cli("schedules").stdout.strip() == "no schedules"
+    q.schedule("beat", topic="ticks", payload=b"tick", every=0.2)
+    q.schedule("nightly", topic="n", cron="0 3 * * *", timezone="Europe/Berlin")
+    listed = cli("schedules").stdout
+    assert "every 0.2s" in listed
+    assert "cron 0 3 * * * (Europe/Berlin)" in listed
+    time.sleep(0.3)
+    once = cli("scheduler", "--once")
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.strip() == "put 1 message(s)"
+    assert q.size("ticks") == 1
+
+    command = [SQUEAL, "scheduler", "--url", db_url, "--prefix", prefix, "--interval", "0.2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while q.size("ticks") < 3:
+            assert time.monotonic() < deadline, "the scheduler put nothing"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.startswith("squeal scheduler: 2 schedule(s), every 0.2s")
+    lines = cli("schedules", "--json").stdout.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["beat", "nightly"]
 
 
 def test_missing_schema_names_the_migrate_command(db_url: str, prefix: str) -> None:

@@ -165,6 +165,32 @@ def test_concurrency_claims_batches_for_free_threads(
     assert 1 < most[0] <= 4
 
 
+def test_workers_put_due_schedules_at_most_once_a_second_per_process(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    """Two workers of one process share one run of the schedules per second: a schedule due
+    every 0.1 s is put twice in no less than a second (missed ticks fire once)."""
+    q = make_queue()
+    times: list[float] = []
+    q.schedule("often", topic="ticks", every=0.1)
+    for _ in range(2):
+        running(Worker(q, lambda msg: times.append(time.monotonic()), "ticks", wait=0.2))
+    _wait_for(lambda: len(times) >= 2)
+    assert times[1] - times[0] >= 0.9
+
+
+def test_a_worker_told_not_to_runs_no_schedule(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    q = make_queue()
+    q.schedule("due", topic="ticks", every=0.05)
+    worker = Worker(q, lambda msg: None, "ticks", wait=0.2, run_schedules=False)
+    running(worker)
+    time.sleep(1.5)
+    assert q.schedules()[0].last_run_at is None
+    assert worker.stats.acked == 0
+
+
 def test_ack_in_transaction_commits_the_handlers_writes_exactly_once(
     make_queue: Callable[..., Queue],
     running: Callable[[Worker], threading.Thread],

@@ -19,6 +19,7 @@ from squeal.aio.message import AsyncMessage, sync_messages
 from squeal.dialects.health import Finding
 from squeal.message import DeadMessage, PeekedMessage, TopicStats
 from squeal.queue import DEFAULT_MAX_ATTEMPTS, Queue
+from squeal.schedules import Schedule
 from squeal.topic_lock import TopicLock
 
 
@@ -248,6 +249,10 @@ class AsyncQueue:
         """Make dead messages ready again (see :meth:`squeal.Queue.redrive`)."""
         return await run(self.sync.redrive, topic, limit)
 
+    async def delete(self, message_id: int) -> bool:
+        """Delete one message that is not leased (see :meth:`squeal.Queue.delete`)."""
+        return await run(self.sync.delete, message_id)
+
     async def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
         """Delete a topic's messages (see :meth:`squeal.Queue.purge`)."""
         return await run(self.sync.purge, topic, dead_only=dead_only)
@@ -263,6 +268,41 @@ class AsyncQueue:
     async def paused(self) -> list[str]:
         """The paused topics (see :meth:`squeal.Queue.paused`)."""
         return await run(self.sync.paused)
+
+    async def schedule(
+        self,
+        name: str,
+        *,
+        topic: str,
+        payload: bytes = b"",
+        cron: str | None = None,
+        every: float | None = None,
+        priority: int = 0,
+        timezone: str = "UTC",
+    ) -> Schedule:
+        """Define a recurring message (see :meth:`squeal.Queue.schedule`)."""
+        return await run(
+            self.sync.schedule,
+            name,
+            topic=topic,
+            payload=payload,
+            cron=cron,
+            every=every,
+            priority=priority,
+            timezone=timezone,
+        )
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete a schedule (see :meth:`squeal.Queue.unschedule`)."""
+        return await run(self.sync.unschedule, name)
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule (see :meth:`squeal.Queue.schedules`)."""
+        return await run(self.sync.schedules)
+
+    async def run_schedules(self) -> int:
+        """Put every due schedule's message (see :meth:`squeal.Queue.run_schedules`)."""
+        return await run(self.sync.run_schedules)
 
     async def dedup_override(
         self, keys: Iterable[str], topic: str = "default", *, window: float | None

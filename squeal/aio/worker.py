@@ -27,6 +27,7 @@ from typing import Any
 from squeal.aio.message import AsyncMessage
 from squeal.aio.queue import AsyncQueue
 from squeal.errors import InvalidType, LeaseLost, SquealError
+from squeal.schedules import RUN_EVERY, schedules_failed, turn_to_run
 from squeal.worker import (
     CLAIM_RETRY,
     FATAL,
@@ -61,11 +62,13 @@ class AsyncWorker:
         grace_period: float = 30.0,
         heartbeat: float | None = None,
         ack_in_transaction: bool = False,
+        run_schedules: bool = True,
     ) -> None:
         if not isinstance(queue, AsyncQueue):
             raise InvalidType(f"queue must be a squeal.aio AsyncQueue, not {type(queue).__name__}")
         self.queue = queue
         self.ack_in_transaction = bool(ack_in_transaction)
+        self.run_schedules = bool(run_schedules)
         if not _is_async(handler):
             raise InvalidType(
                 f"handler must be an async function (async def), not {handler!r}; "
@@ -108,10 +111,13 @@ class AsyncWorker:
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     signals.append(sig)
         fatal: SquealError | None = None
+        schedules = asyncio.create_task(self._schedules()) if self.run_schedules else None
         try:
             fatal = await self._consume()
         finally:
             self._stop.set()
+            if schedules is not None:
+                await schedules
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await asyncio.shield(self._drain())
@@ -122,6 +128,20 @@ class AsyncWorker:
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("squeal worker: %s received, stopping", sig.name)
         self._stop.set()
+
+    async def _schedules(self) -> None:
+        """Put the due schedules' messages, at most once a second per process."""
+        failed: str | None = None
+        while not self._stop.is_set():
+            if turn_to_run(self.queue.sync):
+                try:
+                    await self.queue.run_schedules()
+                except SquealError as error:
+                    failed = schedules_failed(error, failed)
+                else:
+                    failed = None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), RUN_EVERY)
 
     async def _consume(self) -> SquealError | None:
         topics = self.settings.topics
@@ -143,7 +163,7 @@ class AsyncWorker:
                 log.warning(
                     "squeal worker: claim on %r failed (next try in %.0fs): %s", topic, retry, error
                 )
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), retry)
                 retry = min(retry * 2, CLAIM_RETRY[1])
                 continue

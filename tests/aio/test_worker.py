@@ -176,3 +176,33 @@ def test_handlers_and_options_are_checked(async_url: str) -> None:
                 AsyncWorker(q.sync, one)  # type: ignore[arg-type]
 
     run(body())
+
+
+def test_an_async_worker_puts_due_schedules_unless_told_not_to(async_url: str) -> None:
+    async def body() -> None:
+        async with opened(async_url) as q:
+            await q.schedule("often", topic="ticks", payload=b"tick", every=0.1)
+            quiet = AsyncWorker(q, _ignore, "other", wait=0.1, run_schedules=False)
+            quiet_run = asyncio.create_task(quiet.run(install_signal_handlers=False))
+            await asyncio.sleep(1.2)
+            assert (await q.schedules())[0].last_run_at is None
+            quiet.stop()
+            await quiet_run
+
+            ticks: list[bytes] = []
+
+            async def handle(message: AsyncMessage) -> None:
+                ticks.append(message.payload)
+
+            worker = AsyncWorker(q, handle, "ticks", wait=0.1)
+            run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
+            await _until(lambda: len(ticks) >= 2)
+            worker.stop()
+            await run_task
+            assert ticks[:2] == [b"tick", b"tick"]
+
+    run(body())
+
+
+async def _ignore(message: AsyncMessage) -> None:
+    pass

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from squeal import Message, Queue, TopicStats
 
 
@@ -134,3 +136,28 @@ def test_inspection_runs_no_claim(queue: Queue) -> None:
         queue.stats()
         queue.dead("t")
     assert _claim(queue, "t").attempts == 1
+
+
+def test_delete_removes_one_message_unless_it_is_leased(make_queue: Callable[..., Queue]) -> None:
+    q = make_queue(visibility_timeout=0.3, max_attempts=1)
+    ready = q.put(b"ready", "t")
+    delayed = q.put(b"delayed", "t", delay=60)
+    q.put(b"dies", "t", priority=9)
+    doomed = q.get("t")
+    assert doomed is not None
+    doomed.nack()  # its only attempt: dead
+    leased_msg = q.get("t")
+    assert leased_msg is not None
+    assert leased_msg.id == ready
+    assert q.delete(leased_msg.id) is False  # leased now: its consumer settles it
+    assert q.delete(delayed) is True  # type: ignore[arg-type]
+    assert q.delete(delayed) is False  # type: ignore[arg-type]
+    assert q.delete(doomed.id) is True
+    time.sleep(0.4)  # the lease ran out: nobody holds it
+    assert q.delete(leased_msg.id) is True
+    assert q.stats() == {}
+    assert q.delete(2**62) is False
+    with pytest.raises((ValueError, TypeError)):
+        q.delete(-1)
+    with pytest.raises((ValueError, TypeError)):
+        q.delete("1")  # type: ignore[arg-type]
