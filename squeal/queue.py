@@ -202,6 +202,9 @@ class Queue:
             failure = wrap(error, f"Queue.{action}()")
         else:
             self._session.forget_schema()
+            # Tables made afresh restart their ids: floors remembered from the old ones would
+            # hide the new messages from this object's next claims.
+            self._scopes = ClaimScopes()
             return
         raise failure  # outside the except block: no original error in __context__
 

@@ -31,6 +31,7 @@ GRANTS = {
     ("postgresql", "consumer"): [
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO {role}",
+        "GRANT SELECT ON {prefix}_topic TO {role}",
     ],
     ("mysql", "producer"): [
         "GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'",
@@ -39,6 +40,7 @@ GRANTS = {
     ("mysql", "consumer"): [
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT ON {prefix}_topic TO '{role}'@'127.0.0.1'",
     ],
 }
 DROP = {
