@@ -32,11 +32,18 @@ def race(calls: list[Callable[[], object]], *, seconds: float = 60.0) -> list[ob
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
+    joined(threads, seconds)
+    return outcomes
+
+
+def joined(threads: list[threading.Thread], seconds: float = 60.0) -> None:
+    """Wait for ``threads`` (``seconds`` at most each). Under squeal.aio the wait runs on a
+    worker thread the loop awaits, so the loop stays free to finish what the threads handed it:
+    a plain ``join`` there would block the loop that a thread's facade call is waiting on."""
     if in_async_bridge():
         await_(asyncio.to_thread(join, threads, seconds))
     else:
         join(threads, seconds)
-    return outcomes
 
 
 def join(threads: list[threading.Thread], seconds: float) -> None:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from squeal import Buffer as SyncBuffer
 from squeal import LeaseLost, Message, Queue
 from tests.aio_facade import QueueFacade
-from tests.race import race
+from tests.race import joined, race
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,7 +140,7 @@ def test_get_with_wait_returns_a_message_put_meanwhile(queue: Queue) -> None:
     timer = threading.Timer(0.2, lambda: queue.put(b"late", "a"))
     timer.start()
     msg = buffer.get(wait=10.0)
-    timer.join()
+    joined([timer])
     assert msg is not None
     assert msg.payload == b"late"
     msg.ack()

@@ -11,6 +11,7 @@ import pytest
 
 from squeal import Buffer, Queue
 from squeal.message import TopicStats
+from tests.race import joined
 
 
 def test_a_paused_topic_delivers_nothing_until_resumed(queue: Queue) -> None:
@@ -71,7 +72,7 @@ def test_a_waiting_get_keeps_waiting_through_a_pause(queue: Queue) -> None:
         began = time.monotonic()
         msg = queue.get("t", wait=10)
     finally:
-        resumer.join()
+        joined([resumer])
     assert msg is not None
     assert time.monotonic() - began >= 0.25
     msg.ack()

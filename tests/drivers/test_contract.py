@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from squeal import Queue, migrate
 from squeal.connections import Link
 from squeal.waiting import AsyncListener, Listener
+from tests.race import joined
 
 pytestmark = pytest.mark.every_driver
 
@@ -141,7 +142,7 @@ def test_a_wait_is_woken_by_a_put(make_queue: Callable[..., Queue], db: str) -> 
     late = threading.Timer(0.2, producer.put, args=(b"late", "w"))
     late.start()
     got = q.get_many("w", 5, wait=30.0)
-    late.join()
+    joined([late])
     assert [m.payload for m in got] == [b"late"]
     q.ack_many(got)
     producer.close()

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from squeal import Queue
 from squeal.drivers import ADAPTERS, ASYNC_ADAPTERS, Generic
 from squeal.waiting import Poller
+from tests.race import joined
 
 
 def test_a_driver_without_an_adapter_runs_every_operation_through_sqlalchemy(
@@ -48,7 +49,7 @@ def test_a_driver_without_an_adapter_runs_every_operation_through_sqlalchemy(
     late = threading.Timer(0.2, q.put, args=(b"late", "w"))
     late.start()
     got = q.get("w", wait=30.0)
-    late.join()
+    joined([late])
     assert got is not None
     got.ack()
     q.put(b"x", "locked")
