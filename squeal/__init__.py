@@ -21,6 +21,7 @@ from squeal.errors import (
     UnsupportedDatabase,
     ValidationError,
 )
+from squeal.limits import Limit
 from squeal.message import DeadMessage, Message, PeekedMessage, TopicStats
 from squeal.queue import Queue
 from squeal.schedules import Schedule
@@ -40,6 +41,7 @@ __all__ = [
     "ForeignRevision",
     "InvalidType",
     "LeaseLost",
+    "Limit",
     "ManagedElsewhere",
     "Message",
     "PayloadTooLarge",

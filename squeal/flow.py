@@ -29,8 +29,8 @@ class FlowStatements:
         self.t = tables.topic
 
     @cached_property
-    def _ensure(self) -> sa.Executable:
-        """The topic's row, inserted unpaused unless it exists."""
+    def _ensure_row(self) -> sa.Executable:
+        """The topic's row, inserted unpaused and unlimited unless it exists."""
         row = {"topic": sa.bindparam("in_topic"), "paused": 0, "updated_at": now_ms()}
         return self.strategy.insert_ignoring_conflicts(row, table=self.t)
 
@@ -48,9 +48,13 @@ class FlowStatements:
         t = self.t
         return sa.select(t.c.topic).where(in_state(t.c.paused, 1)).order_by(t.c.topic)
 
+    def ensure(self, ex: Executor, topic: str) -> None:
+        """Give ``topic`` its row unless it has one."""
+        ex.count(self._ensure_row, {"in_topic": topic})
+
     def pause(self, ex: Executor, topic: str) -> None:
         """Pause ``topic`` (two statements: run them in one transaction)."""
-        ex.count(self._ensure, {"in_topic": topic})
+        self.ensure(ex, topic)
         ex.count(self._set_paused, {"in_topic": topic, "paused": 1})
 
     def resume(self, ex: Executor, topic: str) -> None:

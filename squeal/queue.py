@@ -23,6 +23,7 @@ from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.flow import FlowStatements
+from squeal.limits import UNSET, Limit, LimitStatements
 from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
 from squeal.schedules import BATCH as SCHEDULE_BATCH
 from squeal.schedules import Schedule, ScheduleStatements, when
@@ -109,6 +110,9 @@ class Queue:
         self._strategy = strategy_for(engine, self._tables, notify=bool(notify))
         self._admin = AdminStatements(self._tables)
         self._flow = FlowStatements(self._strategy, self._tables)
+        self._limits = LimitStatements(self._flow, self._tables)
+        #: Topics this object found limited: claimed under their limit (squeal.limits).
+        self._limited: set[str] = set()
         self._schedules = ScheduleStatements(self._strategy, self._tables)
         self._session = Session(engine, self._strategy, self._tables)
         self._topic_locks = TopicLocks(
@@ -461,10 +465,10 @@ class Queue:
 
     def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:
         token = secrets.randbits(63)
-        scope, rows = self._claim_in_scope(topic, limit, vt_ms, token)
-        if not scope.sweep and len(rows) < limit:
+        scope, rows, short = self._claim_in_scope(topic, limit, vt_ms, token)
+        if not scope.sweep and short:
             # Short without sweeping: sweep now for the rest (squeal.claim_scope).
-            _, more = self._claim_in_scope(topic, limit - len(rows), vt_ms, token)
+            _, more, _ = self._claim_in_scope(topic, limit - len(rows), vt_ms, token)
             rows = in_claim_order([*rows, *more])
         settler = self._settler
         messages = [
@@ -476,27 +480,53 @@ class Queue:
 
     def _claim_in_scope(
         self, topic: str, limit: int, vt_ms: int, token: int
-    ) -> tuple[ClaimScope, list[ClaimedRow]]:
-        """One claim, where this queue object's memory of the topic says to look."""
+    ) -> tuple[ClaimScope, list[ClaimedRow], bool]:
+        """One claim, where this queue object's memory of the topic says to look; and whether
+        it came back short of what it could take (its limit's allowance, squeal.limits)."""
         started = time.monotonic()
         scope = self._scopes.scope(topic, started)
         strategy = self._strategy
+        asked = limit
 
-        rows = self._session.claim(
-            lambda ex: strategy.claim(
+        def claim(ex: Executor, wanted: int, *, limited: bool = False) -> list[ClaimedRow]:
+            return strategy.claim(
                 ex,
                 topic=topic,
-                limit=limit,
+                limit=wanted,
                 vt_ms=vt_ms,
                 token=token,
                 max_attempts=self._max_attempts,
                 scope=scope,
+                limited=limited,
             )
-        )
+
+        def under_limit(ex: Executor) -> list[ClaimedRow] | None:
+            nonlocal asked
+            allowance = self._limits.allowance(ex, topic, limit)
+            if allowance is None:  # no limit any more
+                self._limited.discard(topic)
+                return claim(ex, limit, limited=True)
+            asked = allowance.allowed
+            if not asked:
+                return None  # nothing claimed, nothing looked at
+            rows = claim(ex, asked, limited=True)
+            self._limits.spend(ex, topic, allowance, len(rows))
+            return rows
+
+        if topic in self._limited:
+            found = self._session.claim(under_limit, atomic=True)
+        else:
+            found = self._session.claim(lambda ex: claim(ex, limit))
+            # An unlimited claim gives nothing of a limited topic: is it one now?
+            if not found and self._session.read(lambda ex: self._limits.limited(ex, topic)):
+                self._limited.add(topic)
+                found = self._session.claim(under_limit, atomic=True)
+        if found is None:
+            return scope, [], False
         self._scopes.claimed(
-            topic, scope, started=started, finished=time.monotonic(), rows=rows, asked=limit
+            topic, scope, started=started, finished=time.monotonic(), rows=found, asked=asked
         )
-        return scope, rows
+        return scope, found, len(found) < asked
 
     # -- settling -------------------------------------------------------------------------------
 
@@ -825,6 +855,66 @@ class Queue:
         """The paused topics, in name order."""
         return self._session.read(self._flow.paused)
 
+    def set_limit(
+        self,
+        topic: str,
+        *,
+        concurrency: int | None = UNSET,
+        rate: int | None = UNSET,
+        per: float | None = UNSET,
+    ) -> Limit:
+        """Limit how ``topic`` is delivered, for every consumer of every process; return its
+        limits now. An argument not given leaves that limit as it is; None removes it.
+
+        Args:
+            concurrency: at most this many messages of the topic leased at once.
+            rate: at most ``rate`` messages claimed per ``per`` seconds (default 1), by a
+                token bucket of ``rate`` tokens: an idle topic can take one burst of ``rate``
+                at once. A new rate or window starts with a full bucket.
+
+        Claims enforce both in the database (squeal.limits): a ``get_many(100)`` gets what
+        they allow. Leases already taken count but are not revoked. A limited topic's claims
+        take turns on its row, and the claims cost more (docs/flow_control.md).
+        """
+        topic = check.text(topic, "topic")
+        changes: dict[str, Any] = {}
+        if concurrency is not UNSET:
+            changes["concurrency"] = _optional_count(concurrency, "concurrency")
+        if rate is not UNSET:
+            changes["rate"] = _optional_count(rate, "rate")
+        if per is not UNSET:
+            if per is None:
+                raise ValidationError("per must be a number of seconds (rate=None removes a rate)")
+            per_ms = check.to_ms(check.seconds(per, "per", positive=True))
+            if per_ms < 1:
+                raise ValidationError("per must be at least 0.001 seconds")
+            changes["per_ms"] = per_ms
+            if changes.get("rate", 0) is None:
+                raise ValidationError("per applies to a rate: give a rate, or leave per out")
+
+        def store(ex: Executor) -> Limit:
+            limit = self._limits.set(ex, topic, changes)
+            if "per_ms" in changes and limit.rate is None:
+                raise ValidationError(f"per applies to a rate, and topic {topic!r} has none")
+            return limit
+
+        limit = self._session.write(store, None, atomic=True)
+        if limit.concurrency is not None or limit.rate is not None:
+            self._limited.add(topic)
+        log.event(
+            "limit_set",
+            log.NOTABLE,
+            topic=topic,
+            concurrency=limit.concurrency,
+            rate=limit.rate,
+            per=limit.per,
+        )
+        return limit
+
+    def limits(self) -> list[Limit]:
+        """Every topic with a limit (:meth:`set_limit`), in name order."""
+        return self._session.read(self._limits.listed)
+
     # -- schedules (squeal/schedules.py) ---------------------------------------------------------
 
     def schedule(
@@ -986,6 +1076,11 @@ def _expect(done: int, messages: Sequence[Message]) -> None:
             f"message {messages[0].id}: lease lost (re-claimed by another consumer, or gone)",
             message_id=messages[0].id,
         )
+
+
+def _optional_count(value: object, what: str) -> int | None:
+    """None, or a count of at least 1 that fits the column (an int of 32 bits)."""
+    return None if value is None else check.count(value, what, maximum=2**31 - 1)
 
 
 def _unsettled(messages: Sequence[Message]) -> list[Message]:

@@ -110,9 +110,10 @@ class Session:
             return self._in_callers(work, connection)
         return self._retrying(work, self._stash, atomic=atomic, commit_on=commit_on)
 
-    def claim(self, work: Callable[[Executor], T]) -> T:
-        """Run a claim: in a transaction unless the database claims in one statement."""
-        atomic = not self.strategy.claim_is_one_statement
+    def claim(self, work: Callable[[Executor], T], *, atomic: bool = False) -> T:
+        """Run a claim: in a transaction unless the database claims in one statement and the
+        claim is one (``atomic``: it is several, e.g. a limited topic's)."""
+        atomic = atomic or not self.strategy.claim_is_one_statement
         return self._retrying(work, self._stash, atomic=atomic, commit_on=None)
 
     def read(self, work: Callable[[Executor], T]) -> T:

@@ -124,6 +124,8 @@ def consume(q: Queue, run: Run) -> None:
                 return
             continue
         run.got(messages)
+        if args.hold:
+            time.sleep(args.hold)
         if args.batch == 1:
             messages[0].ack()
         else:
@@ -268,6 +270,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=0, help="messages to put (producers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wait", type=float, default=0.0, help="wait= for get while not finished")
+    p.add_argument("--hold", type=float, default=0.0, help="seconds consumers hold before acking")
     p.add_argument("--until", default=None, help="consume until this file exists, then drain")
     p.add_argument("--deadline", type=float, default=60.0, help="seconds before giving up")
     return p.parse_args(argv)

@@ -27,6 +27,8 @@ ROWS = {
     "backlog_small",
     "backlog_large",
     "ahead",
+    "limited",
+    "limited_batch",
     "drain_2",
     "drain_8",
     "latency",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from squeal import Queue
+from squeal import Limit, Queue
 from tests.urls import primary_async_url
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
@@ -225,6 +225,34 @@ def test_pause_lists_and_resume(
     msg = q.get("jobs")
     assert msg is not None
     msg.ack()
+
+
+def test_limit_sets_shows_and_removes_limits(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    q = make_queue()
+    q.put_many([b"x"] * 3, "jobs")
+    assert cli("limit").stdout.strip() == "no topic is limited"
+    done = cli("limit", "jobs", "--concurrency", "2", "--rate", "10", "--per", "0.5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split() == ["jobs", "2", "10", "per", "0.5s"]
+    assert q.limits() == [Limit("jobs", 2, 10, 0.5)]
+    assert len(q.get_many("jobs", 3)) == 2
+    assert json.loads(cli("limit", "--json").stdout) == {
+        "topic": "jobs",
+        "concurrency": 2,
+        "rate": 10,
+        "per": 0.5,
+    }
+    assert cli("limit", "--rate", "3").returncode == 2  # no topic: a usage error
+    assert cli("limit", "jobs", "--concurrency", "x").returncode == 2
+    refused = cli("limit", "jobs", "--concurrency", "0")
+    assert refused.returncode == 2
+    assert "concurrency" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    removed = cli("limit", "jobs", "--concurrency", "none", "--rate", "none")
+    assert removed.stdout.strip() == "no limit"
+    assert q.limits() == []
 
 
 def test_scheduler_puts_due_schedules_and_stops_on_sigterm(

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from squeal.aio.bridge import async_engine, run, sync_connection
 from squeal.aio.message import AsyncMessage, sync_messages
 from squeal.dialects.health import Finding
+from squeal.limits import UNSET, Limit
 from squeal.message import DeadMessage, PeekedMessage, TopicStats
 from squeal.queue import DEFAULT_MAX_ATTEMPTS, Queue
 from squeal.schedules import Schedule
@@ -268,6 +269,21 @@ class AsyncQueue:
     async def paused(self) -> list[str]:
         """The paused topics (see :meth:`squeal.Queue.paused`)."""
         return await run(self.sync.paused)
+
+    async def set_limit(
+        self,
+        topic: str,
+        *,
+        concurrency: int | None = UNSET,
+        rate: int | None = UNSET,
+        per: float | None = UNSET,
+    ) -> Limit:
+        """Limit a topic's deliveries everywhere (see :meth:`squeal.Queue.set_limit`)."""
+        return await run(self.sync.set_limit, topic, concurrency=concurrency, rate=rate, per=per)
+
+    async def limits(self) -> list[Limit]:
+        """Every topic with a limit (see :meth:`squeal.Queue.limits`)."""
+        return await run(self.sync.limits)
 
     async def schedule(
         self,

@@ -34,7 +34,10 @@ import sqlalchemy as sa
 from squeal.schema import validate_prefix
 
 #: The rows, in the order they run and print; ``--only`` picks among them.
-ROWS = ("put", "get_ack", "batch", "backlog", "ahead", "drain", "latency", "memory")
+ROWS = ("put", "get_ack", "batch", "backlog", "ahead", "limited", "drain", "latency", "memory")
+#: squeal's limits on its ``limited`` topics: never reached, so the row measures what claiming
+#: under a limit costs (squeal.limits), not the limit itself.
+_UNREACHED_CONCURRENCY, _UNREACHED_RATE = 1_000_000, 1_000_000_000
 #: Lease length of every claim in the bench (long enough never to expire during a run).
 VT_MS = 300_000
 PAYLOAD = bytes(range(64))
@@ -453,6 +456,11 @@ class _Bench:
         """Warm both sides up and fill the standing backlogs (not measured)."""
         s = self.sizes
         for name, side in sides.items():
+            if "limited" in self.rows and isinstance(side, _Squeal):
+                for stem in ("limited", "limited_batch"):
+                    side.queue.set_limit(
+                        _topic(stem, name), concurrency=_UNREACHED_CONCURRENCY, rate=_UNREACHED_RATE
+                    )
             # First uses open connections, check the schema and prepare statements.
             topic = _topic("warmup", name)
             for _ in range(20):
@@ -511,6 +519,22 @@ class _Bench:
             self._paired("ahead", order, s.slice, _getter("ahead"))
             for name in names:
                 f.fill(_topic("ahead", name), PAYLOAD, s.slice)
+        if "limited" in self.rows:
+            _say(f"{self.label}:   limited")
+            for name in names:
+                f.fill(_topic("limited", name), PAYLOAD, s.get_ack)
+            self._paired("limited", order, s.get_ack, _getter("limited"))
+            self._paired(
+                "limited_batch",
+                order,
+                s.batches * BATCH,
+                lambda side, n: _repeat(
+                    n // BATCH, side.batch, _topic("limited_batch", side.name), BATCH
+                ),
+                chunk=BATCH,
+            )
+            for name in names:
+                f.delete_topic(_topic("limited_batch", name))
         for side in order:
             if "drain" in self.rows:
                 _say(f"{self.label}:   drain, {side.name}")
@@ -626,6 +650,8 @@ def _row_labels(sizes: Sizes) -> list[tuple[str, str, str]]:
         ("backlog_small", f"get + ack at a {small:,} backlog", "msg/s"),
         ("backlog_large", f"get + ack at a {large:,} backlog", "msg/s"),
         ("ahead", f"get + ack, {sizes.ahead:,} leased/delayed ahead", "msg/s"),
+        ("limited", "get + ack, one at a time, limited topic", "msg/s"),
+        ("limited_batch", f"put_many {BATCH} + get_many {BATCH} + ack_many, limited", "msg/s"),
         (f"drain_{CONSUMERS[0]}", f"drain, {CONSUMERS[0]} consumer processes", "msg/s"),
         (f"drain_{CONSUMERS[1]}", f"drain, {CONSUMERS[1]} consumer processes", "msg/s"),
         ("latency", "put -> receive, consumer waiting (ms)", "ms"),

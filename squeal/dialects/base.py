@@ -85,6 +85,20 @@ def running(topics: sa.Table, topic: sa.ColumnElement[Any]) -> sa.ColumnElement[
     return sa.not_(sa.exists().where(paused))
 
 
+def admitted(topics: sa.Table, topic: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """True unless ``topic`` is paused, or has a limit and the claim does not hold the topic's
+    row (``:in_limit`` is 0): a claim of a limited topic must go through squeal.limits."""
+    t = topics.c
+    limited = sa.or_(t.concurrency.is_not(None), t.rate.is_not(None))
+    barred = sa.or_(in_state(t.paused, 1), sa.and_(_param("in_limit", sa.Integer()) == 0, limited))
+    return sa.not_(sa.exists().where(t.topic == topic, barred))
+
+
+def gate_params(limited: bool) -> dict[str, int]:
+    """What a claim binds for :func:`admitted`: whether it holds the topic's limit."""
+    return {"in_limit": int(limited)}
+
+
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
     """True for a row whose lease ran out on its last allowed attempt."""
     return sa.and_(m.c.lease_token.is_not(None), m.c.attempts >= _param("max_attempts"))
@@ -162,14 +176,15 @@ class Strategy:
         # Only WAITING rows have a visible_at, so this range of the due index is exactly the
         # rows whose delay, backoff or lease has run out. (A state test here would let the
         # planner prefer the claim index and filter every leased row.)
-        #: The claimed topic is not paused (``Queue.pause``): one primary-key probe per
-        #: statement, not per row, since it does not depend on the row.
-        self.running = running(tables.topic, _param("in_topic"))
+        #: The claimed topic is not paused (``Queue.pause``) and, unless the claim holds its
+        #: limit (squeal.limits), has none: one primary-key probe per statement, not per row,
+        #: since it does not depend on the row.
+        self.gate = admitted(tables.topic, _param("in_topic"))
         due = sa.and_(
             m.c.topic == _param("in_topic"),
             m.c.visible_at <= now,
             m.c.visible_at >= now - _param("due_within_ms", sa.BigInteger()),
-            self.running,
+            self.gate,
         )
         # Every due row is promoted (or leased) by the claim that finds it, not just ``limit``
         # of them: a due row left WAITING could outrank the READY row the claim returns. Each
@@ -182,7 +197,7 @@ class Strategy:
                 m.c.topic == _param("in_topic"),
                 in_state(m.c.state, READY),
                 self.after_floor(m),
-                self.running,
+                self.gate,
             )
             .order_by(m.c.neg_priority, m.c.id)
             .limit(_param("limit"))
@@ -213,7 +228,7 @@ class Strategy:
                 m.c.topic == _param("in_topic"),
                 in_state(m.c.state, READY),
                 m.c.neg_priority < _param("after_p", sa.BigInteger()),
-                self.running,
+                self.gate,
             )
             .order_by(m.c.neg_priority, m.c.id)
             .limit(_param("limit"))
@@ -283,15 +298,18 @@ class Strategy:
         token: int,
         max_attempts: int,
         scope: ClaimScope = EVERYWHERE,
+        limited: bool = False,
     ) -> list[ClaimedRow]:
         """Lease up to ``limit`` ready messages of ``topic``, best priority first.
 
         In a sweeping ``scope`` the due WAITING rows (delay over, backoff over, lease expired)
         are promoted first and compete with the READY rows; otherwise only READY rows after
-        the scope's floor are looked at (squeal.claim_scope). The default is two statements in
-        one write transaction: promote the due rows, then lease READY rows in index order.
+        the scope's floor are looked at (squeal.claim_scope). ``limited``: the claim holds the
+        topic's limit (squeal.limits); without it, a limited topic gives nothing. The default
+        is two statements in one write transaction: promote the due rows, then lease READY
+        rows in index order.
         """
-        params = {"in_topic": topic, "limit": limit, **scope_params(scope)}
+        params = {"in_topic": topic, "limit": limit, **scope_params(scope), **gate_params(limited)}
         if scope.sweep:
             # SQLite keeps no dead index entries, so a sweep simply walks every ready row.
             params.update(scope_params(EVERYWHERE))
@@ -435,7 +453,9 @@ __all__ = [
     "ClaimedRow",
     "Key",
     "Strategy",
+    "admitted",
     "dead_on_expiry",
+    "gate_params",
     "ids_in_order",
     "in_claim_order",
     "promoted",

@@ -19,6 +19,7 @@ from squeal.dialects.base import (
     ClaimScope,
     Strategy,
     dead_on_expiry,
+    gate_params,
     promoted,
     scope_params,
 )
@@ -161,8 +162,9 @@ class MySQLStrategy(Strategy):
         token: int,
         max_attempts: int,
         scope: ClaimScope = EVERYWHERE,
+        limited: bool = False,
     ) -> list[ClaimedRow]:
-        params = {"in_topic": topic, "limit": limit, **scope_params(scope)}
+        params = {"in_topic": topic, "limit": limit, **scope_params(scope), **gate_params(limited)}
         if scope.sweep:
             params["max_attempts"] = max_attempts
         if scope.after is None:

@@ -20,6 +20,7 @@ from squeal.dialects.base import (
     ClaimScope,
     Strategy,
     dead_on_expiry,
+    gate_params,
     ids_in_order,
     in_claim_order,
     promoted,
@@ -202,9 +203,10 @@ class PostgreSQLStrategy(Strategy):
         token: int,
         max_attempts: int,
         scope: ClaimScope = EVERYWHERE,
+        limited: bool = False,
     ) -> list[ClaimedRow]:
         params = {"in_topic": topic, "limit": limit, "vt_ms": vt_ms, "token": token}
-        params.update(scope_params(scope))
+        params.update(scope_params(scope), **gate_params(limited))
         if not scope.sweep:
             return in_claim_order(ex.rows(self._claim_ready, params))
         params["max_attempts"] = max_attempts

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from squeal import Queue, migrate
+from squeal import Limit, Queue, migrate
 from squeal.connections import Link
 from squeal.waiting import AsyncListener, Listener
 from tests.race import joined
@@ -72,6 +72,27 @@ def test_every_operation_runs_on_this_driver(make_queue: Callable[..., Queue]) -
     assert q.size("ops") == 2
     assert q.purge("ops") == 2
     assert q.topics() == {}
+
+
+def test_pauses_limits_and_schedules_run_on_this_driver(make_queue: Callable[..., Queue]) -> None:
+    q = make_queue()
+    q.put_many([b"a", b"b", b"c"], "flow")
+    q.pause("flow")
+    assert q.get_many("flow", 3) == []
+    q.resume("flow")
+    assert q.set_limit("flow", concurrency=2, rate=10) == Limit("flow", 2, 10, 1.0)
+    assert q.limits() == [Limit("flow", 2, 10, 1.0)]
+    got = q.get_many("flow", 3)  # under the limit: lock, count, claim, spend
+    assert len(got) == 2
+    q.ack_many(got)
+    q.set_limit("flow", concurrency=None, rate=None)
+    last = q.get_many("flow", 3)
+    assert len(last) == 1
+    q.ack_many(last)
+    q.schedule("tick", topic="flow", every=3600)
+    assert q.run_schedules() in (0, 1)
+    assert [s.name for s in q.schedules()] == ["tick"]
+    assert q.unschedule("tick")
 
 
 def test_payloads_round_trip_byte_for_byte(make_queue: Callable[..., Queue]) -> None:

@@ -31,7 +31,7 @@ GRANTS = {
     ("postgresql", "consumer"): [
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO {role}",
-        "GRANT SELECT ON {prefix}_topic TO {role}",
+        "GRANT SELECT, UPDATE ON {prefix}_topic TO {role}",
     ],
     ("mysql", "producer"): [
         "GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'",
@@ -40,7 +40,7 @@ GRANTS = {
     ("mysql", "consumer"): [
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO '{role}'@'127.0.0.1'",
-        "GRANT SELECT ON {prefix}_topic TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT, UPDATE ON {prefix}_topic TO '{role}'@'127.0.0.1'",
     ],
 }
 DROP = {
@@ -124,6 +124,23 @@ def test_dedup_windows_and_topic_locks_need_only_their_own_tables(
     assert producer.put(b"again", topic="t", dedup_key="k1") is not None
     with pytest.raises(DatabaseError):
         consumer.put(b"three", topic="t", dedup_key="k9")
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_a_consumer_role_claims_a_limited_topic(
+    role_queue: Callable[..., Queue], make_queue: Callable[..., Queue]
+) -> None:
+    """T13: claiming under a limit locks the topic's row and spends its tokens: the consumer's
+    documented GRANTs cover it."""
+    producer = role_queue("producer")
+    consumer = role_queue("consumer")
+    producer.put_many([b"a", b"b", b"c"], topic="t")
+    make_queue().set_limit("t", concurrency=2, rate=10)  # an operator's, as its owner
+    got = consumer.get_many("t", 3)
+    assert len(got) == 2
+    consumer.ack_many(got)
+    with pytest.raises(DatabaseError):
+        consumer.set_limit("t", concurrency=None)  # not the consumer's to change
 
 
 @pytest.mark.dialects("postgresql", "mysql")
