@@ -7,7 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from squeal.clock import now_ms
-from squeal.dialects.base import dead_on_expiry
+from squeal.dialects.base import dies as dies_when_due
+from squeal.dialects.base import unexpired
 from squeal.schema import DEAD, READY, WAITING, Tables, in_state
 
 
@@ -19,10 +20,16 @@ class AdminStatements:
         now = now_ms()
         due = sa.and_(in_state(m.c.state, WAITING), m.c.visible_at <= now)
         not_due = sa.and_(in_state(m.c.state, WAITING), m.c.visible_at > now)
-        dies = dead_on_expiry(m)
-        # A due WAITING row is what the next claim will make of it: READY, or DEAD.
-        self.ready = sa.or_(in_state(m.c.state, READY), sa.and_(due, sa.not_(dies)))
-        self.dead = sa.or_(in_state(m.c.state, DEAD), sa.and_(due, dies))
+        dies = dies_when_due(m)
+        # A due WAITING row is what the next claim will make of it: READY, or DEAD; a READY
+        # row whose ttl ran out is dead (the next sweep makes it so).
+        ready_row = in_state(m.c.state, READY)
+        self.ready = sa.or_(sa.and_(ready_row, unexpired(m)), sa.and_(due, sa.not_(dies)))
+        self.dead = sa.or_(
+            in_state(m.c.state, DEAD),
+            sa.and_(due, dies),
+            sa.and_(ready_row, sa.not_(unexpired(m))),
+        )
         delayed = sa.and_(not_due, m.c.lease_token.is_(None))
         leased = sa.and_(not_due, m.c.lease_token.is_not(None))
 
@@ -65,7 +72,7 @@ class AdminStatements:
             .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
             # Due now, not READY: their old claim keys lie below the queue objects' floors, and
             # sweeps find them in the due index (squeal.claim_scope).
-            .values(state=WAITING, attempts=0, lease_token=None, visible_at=now)
+            .values(state=WAITING, attempts=0, lease_token=None, visible_at=now, expires_at=None)
         )
         self.purge_all = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"))
         #: One message by id unless a live lease holds it (an expired lease does not).

@@ -32,6 +32,11 @@ class Leased(Protocol):
     @property
     def attempts(self) -> int: ...
 
+    @property
+    def max_attempts(self) -> int | None:
+        """The message's own limit (a put's), or None for the queue's."""
+        ...
+
 
 logger = logging.getLogger("squeal")
 
@@ -96,7 +101,8 @@ def nacked(
     every = logger.isEnabledFor(DEBUG)
     for msg, values in zip(messages, params, strict=True):
         delay_ms = values["delay_ms"]
-        dead = msg.attempts >= max_attempts
+        own = msg.max_attempts
+        dead = msg.attempts >= (max_attempts if own is None else own)
         if every:
             event(
                 "nack",

@@ -61,6 +61,7 @@ class Message:
         "attempts",
         "id",
         "lease_token",
+        "max_attempts",
         "payload",
         "priority",
         "topic",
@@ -76,6 +77,7 @@ class Message:
         attempts: int,
         enqueued_ms: int,
         lease_token: int,
+        max_attempts: int | None = None,
     ) -> None:
         self._settler = settler
         #: Called once when the handle becomes settled (a Buffer frees its quota slot).
@@ -89,6 +91,8 @@ class Message:
         self.attempts = attempts
         self._enqueued_ms = enqueued_ms
         self.lease_token = lease_token
+        #: Deliveries before it dies, if its put gave its own (None: the queue's).
+        self.max_attempts = max_attempts
 
     @property
     def enqueued_at(self) -> datetime:

@@ -222,6 +222,8 @@ class Queue:
         priority: int = 0,
         delay: float | None = None,
         dedup_key: str | None = None,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
         connection: sa.Connection | None = None,
     ) -> int | None:
         """Enqueue one message.
@@ -233,6 +235,11 @@ class Queue:
             delay: seconds before it becomes visible (default ``new_message_delay``).
             dedup_key: when a live message of this topic has the same key, or the key's
                 ``dedup_window`` has not run out, nothing is enqueued.
+            ttl: seconds the message may wait to be claimed once it is visible (after any
+                ``delay``); not claimed by then, it dies unclaimed: it is never delivered and
+                is listed by :meth:`dead` (docs/state_machine.md). None: no limit.
+            max_attempts: deliveries before it dies when it keeps failing, instead of the
+                queue's ``max_attempts`` (None: the queue's).
             connection: a Connection inside the caller's transaction: the message exists only
                 if the caller commits.
 
@@ -242,7 +249,7 @@ class Queue:
         Raises:
             ValueError / TypeError: invalid input; nothing was sent to the database.
         """
-        shared = self._shared(topic, priority, delay)
+        shared = self._shared(topic, priority, delay, ttl, max_attempts)
         data = check.payload(payload, self.max_payload_size)
         key = check.optional_text(dedup_key, "dedup_key")
         conn = check.connection(connection)
@@ -263,9 +270,12 @@ class Queue:
         priority: int = 0,
         delay: float | None = None,
         dedup_keys: Sequence[str | None] | None = None,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
         connection: sa.Connection | None = None,
     ) -> list[int | None]:
-        """Enqueue several messages of one topic, all or nothing.
+        """Enqueue several messages of one topic, all or nothing (the options as for
+        :meth:`put`, shared by every message).
 
         Returns:
             One id per payload, in order; None where a dedup key deduplicated it (against a
@@ -288,7 +298,7 @@ class Queue:
                 raise ValidationError(
                     f"dedup_keys has {len(keys)} entries for {len(data)} payloads"
                 )
-        shared = self._shared(topic, priority, delay)
+        shared = self._shared(topic, priority, delay, ttl, max_attempts)
         conn = check.connection(connection)
         if not data:
             return []
@@ -386,10 +396,25 @@ class Queue:
             return
         log.event("dedup_sweep", deleted=swept)
 
-    def _shared(self, topic: object, priority: object, delay: object) -> dict[str, Any]:
+    def _shared(
+        self,
+        topic: object,
+        priority: object,
+        delay: object,
+        ttl: object = None,
+        max_attempts: object = None,
+    ) -> dict[str, Any]:
         """The validated columns every message of one put or put_many shares."""
         delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
         delay_ms = check.to_ms(delay_s)
+        ttl_ms = None
+        if ttl is not None:
+            ttl_ms = check.to_ms(check.seconds(ttl, "ttl", positive=True))
+            if ttl_ms < 1:
+                raise ValidationError("ttl must be at least 0.001 seconds")
+        own_max = None
+        if max_attempts is not None:
+            own_max = check.count(max_attempts, "max_attempts", maximum=_UNLIMITED_ATTEMPTS)
         topic, neg_priority = check.text(topic, "topic"), -check.priority(priority)
         self._scopes.put(topic, neg_priority)
         return {
@@ -397,6 +422,8 @@ class Queue:
             "neg_priority": neg_priority,
             "state": WAITING if delay_ms > 0 else READY,
             "delay_ms": delay_ms,
+            "ttl_ms": ttl_ms,
+            "msg_max_attempts": own_max,
         }
 
     # -- consuming ------------------------------------------------------------------------------
@@ -472,8 +499,10 @@ class Queue:
             rows = in_claim_order([*rows, *more])
         settler = self._settler
         messages = [
-            Message(settler, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token)
-            for id_, payload, neg_priority, attempts, enqueued in rows
+            Message(
+                settler, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token, most
+            )
+            for id_, payload, neg_priority, attempts, enqueued, most in rows
         ]
         log.claimed(topic, messages)
         return messages
@@ -606,7 +635,7 @@ class Queue:
             {
                 "msg_id": m.id,
                 "token": m.lease_token,
-                "max_attempts": self._max_attempts,
+                "attempts_limit": self._max_attempts,
                 "delay_ms": check.to_ms(self._backoff(m.attempts) if fixed is None else fixed),
             }
             for m in messages
@@ -715,7 +744,7 @@ class Queue:
 
     def size(self, topic: str = "default") -> int:
         """Messages of ``topic`` ready to be delivered now (not delayed, leased or dead)."""
-        params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
+        params = {"in_topic": check.text(topic, "topic"), "attempts_limit": self._max_attempts}
         return int(self._session.read(lambda ex: ex.rows(self._admin.size, params))[0][0])
 
     def topics(self) -> dict[str, int]:
@@ -725,7 +754,7 @@ class Queue:
     def stats(self) -> dict[str, TopicStats]:
         """Per topic: ready, delayed, leased and dead counts, the oldest ready message's age,
         and whether it is paused (a paused topic is listed even with no message)."""
-        params = {"max_attempts": self._max_attempts}
+        params = {"attempts_limit": self._max_attempts}
 
         def read(ex: Executor) -> tuple[list[Any], list[str]]:
             return ex.rows(self._admin.stats, params), self._flow.paused(ex)
@@ -752,7 +781,7 @@ class Queue:
         params = {
             "in_topic": check.text(topic, "topic"),
             "limit": check.count(limit, "limit"),
-            "max_attempts": self._max_attempts,
+            "attempts_limit": self._max_attempts,
         }
         return _stored(
             DeadMessage, self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
@@ -765,7 +794,7 @@ class Queue:
         total = 0
         while wanted is None or total < wanted:
             step = 1000 if wanted is None else min(1000, wanted - total)
-            params = {"in_topic": topic, "limit": step, "max_attempts": self._max_attempts}
+            params = {"in_topic": topic, "limit": step, "attempts_limit": self._max_attempts}
 
             def redrive(ex: Executor, params: dict[str, Any] = params) -> int:
                 ids = [row[0] for row in ex.rows(self._admin.dead_ids, params)]
@@ -802,7 +831,7 @@ class Queue:
         params = {
             "in_topic": check.text(topic, "topic"),
             "limit": check.count(limit, "limit", maximum=10_000),
-            "max_attempts": self._max_attempts,
+            "attempts_limit": self._max_attempts,
         }
         return _stored(
             PeekedMessage, self._session.read(lambda ex: ex.rows(self._admin.peek, params))
@@ -823,7 +852,7 @@ class Queue:
 
         Purging the whole topic also forgets its dedup windows (see :meth:`dedup_override`).
         """
-        params = {"in_topic": check.text(topic, "topic"), "max_attempts": self._max_attempts}
+        params = {"in_topic": check.text(topic, "topic"), "attempts_limit": self._max_attempts}
         if dead_only:
             return int(self._session.write(lambda ex: ex.count(self._admin.purge_dead, params)))
 

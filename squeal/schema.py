@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0003_compat_0002"
+SCHEMA_REVISION = "squeal_0004_compat_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -172,6 +172,11 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         sa.Column("lease_token", sa.BigInteger(), nullable=True),
         sa.Column("dedup_key", ExactText(), nullable=True),
         sa.Column("payload", payload_type(), nullable=False),
+        # A put's ttl: the time (epoch ms) by which a message never claimed must be, or it
+        # dies; a READY row with one keeps it in visible_at too, so the due index finds it.
+        sa.Column("expires_at", sa.BigInteger(), nullable=True),
+        # A put's max_attempts, overriding the queue's for this message (None: the queue's).
+        sa.Column("max_attempts", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=f"{prefix}_message_pk"),
         sa.Index(f"{prefix}_message_claim_ix", "topic", "state", "neg_priority", "id"),
         sa.Index(f"{prefix}_message_due_ix", "topic", "visible_at"),

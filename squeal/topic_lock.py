@@ -123,7 +123,7 @@ class TopicLocks:
         session, locking = self._session, self._locking
         ttl_ms = check.to_ms(self.owner.topic_lock_timeout)
         token = secrets.randbits(63)
-        params = {"max_attempts": max_attempts, **({"exclude": skip} if skip else {})}
+        params = {"attempts_limit": max_attempts, **({"exclude": skip} if skip else {})}
         stmt = locking.candidates(excluding=bool(skip))
         for _ in range(_ROUNDS):
             rows = session.read(lambda ex: ex.rows(stmt, params))

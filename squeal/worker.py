@@ -407,7 +407,10 @@ class Worker:
 
 
 def nacked(msg: Leased, error: Exception, max_attempts: int | None) -> None:
-    """Log a handler's exception after its message was nacked: dead, or to be retried."""
+    """Log a handler's exception after its message was nacked: dead, or to be retried.
+    ``max_attempts`` is the queue's; the message's own (a put's) comes first."""
+    if msg.max_attempts is not None:
+        max_attempts = msg.max_attempts
     if max_attempts is not None and msg.attempts >= max_attempts:
         log_failure(msg, error, f"it is dead after {max_attempts} attempts", logging.ERROR)
     else:

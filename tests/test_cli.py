@@ -91,6 +91,20 @@ def test_put_with_a_taken_dedup_key_enqueues_nothing(
     assert make_queue().size("jobs") == 1
 
 
+def test_put_with_a_ttl_and_its_own_max_attempts(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    put = cli("put", "jobs", "x", "--ttl", "3600", "--max-attempts", "2")
+    assert put.returncode == 0, put.stderr
+    msg = make_queue().get("jobs")
+    assert msg is not None
+    assert msg.max_attempts == 2
+    msg.ack()
+    refused = cli("put", "jobs", "x", "--ttl", "0")
+    assert refused.returncode == 2
+    assert "ttl" in refused.stderr
+
+
 def test_options_may_follow_the_topic_and_the_data(
     cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
 ) -> None:

@@ -139,6 +139,27 @@ def test_handler_exception_nacks_and_the_message_is_retried(
     assert "secret payload" not in caplog.text
 
 
+def test_a_message_s_own_max_attempts_is_the_one_its_failure_log_names(
+    make_queue: Callable[..., Queue],
+    running: Callable[[Worker], threading.Thread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    q = make_queue(failure_base_delay=0.0, max_attempts=5)
+    q.put(b"job", "jobs", max_attempts=1)
+
+    def broken(msg: Message) -> None:
+        raise ValueError("no")
+
+    worker = Worker(q, broken, "jobs", wait=0.2)
+    with caplog.at_level("WARNING", logger="squeal.worker"):
+        running(worker)
+        _wait_for(lambda: worker.stats.failed == 1)
+        _wait_for(lambda: len(caplog.records) >= 1)
+    assert caplog.records[0].levelname == "ERROR"
+    assert "dead after 1 attempts" in caplog.records[0].getMessage()
+    assert q.stats()["jobs"].dead == 1
+
+
 def test_concurrency_claims_batches_for_free_threads(
     make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
 ) -> None:

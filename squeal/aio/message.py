@@ -49,6 +49,11 @@ class AsyncMessage:
         return self._message.attempts
 
     @property
+    def max_attempts(self) -> int | None:
+        """Deliveries before it dies, if its put gave its own (None: the queue's)."""
+        return self._message.max_attempts
+
+    @property
     def lease_token(self) -> int:
         """The fencing token of this lease."""
         return self._message.lease_token

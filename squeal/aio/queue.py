@@ -116,6 +116,8 @@ class AsyncQueue:
         priority: int = 0,
         delay: float | None = None,
         dedup_key: str | None = None,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
         connection: AsyncConnection | None = None,
     ) -> int | None:
         """Add a message (see :meth:`squeal.Queue.put`)."""
@@ -126,6 +128,8 @@ class AsyncQueue:
             priority=priority,
             delay=delay,
             dedup_key=dedup_key,
+            ttl=ttl,
+            max_attempts=max_attempts,
             connection=sync_connection(connection),
         )
 
@@ -137,6 +141,8 @@ class AsyncQueue:
         priority: int = 0,
         delay: float | None = None,
         dedup_keys: Sequence[str | None] | None = None,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
         connection: AsyncConnection | None = None,
     ) -> list[int | None]:
         """Add messages in one round trip (see :meth:`squeal.Queue.put_many`)."""
@@ -147,6 +153,8 @@ class AsyncQueue:
             priority=priority,
             delay=delay,
             dedup_keys=dedup_keys,
+            ttl=ttl,
+            max_attempts=max_attempts,
             connection=sync_connection(connection),
         )
 

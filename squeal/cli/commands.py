@@ -476,6 +476,12 @@ def _put_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", type=int, default=0, help="higher is delivered first")
     parser.add_argument("--delay", type=float, default=None, help="seconds before it is visible")
     parser.add_argument("--dedup-key", default=None, help="skip if a live message has this key")
+    parser.add_argument(
+        "--ttl", type=float, default=None, help="seconds it may wait to be claimed, else it dies"
+    )
+    parser.add_argument(
+        "--max-attempts", type=int, default=None, help="its own limit instead of the queue's"
+    )
 
 
 @command("put", help="enqueue one message (DATA, or stdin with -)", arguments=_put_arguments)
@@ -491,7 +497,13 @@ def put_command(args: argparse.Namespace) -> int:
         raise CommandError("the payload is empty (pass --allow-empty to enqueue it)", EXIT_USAGE)
     with open_queue(args) as queue:
         new_id = queue.put(
-            data, args.topic, priority=args.priority, delay=args.delay, dedup_key=args.dedup_key
+            data,
+            args.topic,
+            priority=args.priority,
+            delay=args.delay,
+            dedup_key=args.dedup_key,
+            ttl=args.ttl,
+            max_attempts=args.max_attempts,
         )
     if new_id is None:
         print("squeal: deduplicated: a message with this key is live", file=sys.stderr)

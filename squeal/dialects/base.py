@@ -18,9 +18,22 @@ from squeal.executor import Executor
 from squeal.schema import DEAD, READY, WAITING, Tables, in_state, text_value
 from squeal.server import Server
 
-#: What a claim returns for one message: (id, payload, neg_priority, attempts, enqueued_at),
-#: ``attempts`` already counting this claim. Plain tuples, as the driver returns them.
-ClaimedRow = tuple[int, bytes, int, int, int]
+#: What a claim returns for one message: (id, payload, neg_priority, attempts, enqueued_at,
+#: max_attempts), ``attempts`` already counting this claim, ``max_attempts`` the message's own
+#: (None: the queue's). Plain tuples, as the driver returns them.
+ClaimedRow = tuple[int, bytes, int, int, int, int | None]
+#: How a put's rows get their times: (delayed, with a ttl). Each kind has statements of its own,
+#: so the common put (neither) computes nothing it does not need.
+Timing = tuple[bool, bool]
+#: Every Timing, for building the statements of each.
+TIMINGS: tuple[Timing, ...] = ((False, False), (True, False), (False, True), (True, True))
+
+
+def timing(shared: dict[str, Any]) -> Timing:
+    """The Timing of a put's ``shared`` values (delay_ms, ttl_ms)."""
+    return shared["delay_ms"] > 0, shared["ttl_ms"] is not None
+
+
 #: Claim order of ClaimedRows: priority, then id.
 _CLAIM_ORDER = itemgetter(2, 0)
 #: A claim key: (neg_priority, id), the claim index's order.
@@ -99,19 +112,44 @@ def gate_params(limited: bool) -> dict[str, int]:
     return {"in_limit": int(limited)}
 
 
+def allowed_attempts(m: sa.Table) -> sa.ColumnElement[int]:
+    """The message's own ``max_attempts`` (a put's), else the queue's (``:max_attempts``)."""
+    return sa.func.coalesce(m.c.max_attempts, _param("attempts_limit", sa.Integer()))
+
+
 def dead_on_expiry(m: sa.Table) -> sa.ColumnElement[bool]:
     """True for a row whose lease ran out on its last allowed attempt."""
-    return sa.and_(m.c.lease_token.is_not(None), m.c.attempts >= _param("max_attempts"))
+    return sa.and_(m.c.lease_token.is_not(None), m.c.attempts >= allowed_attempts(m))
+
+
+def expired(m: sa.Table) -> sa.ColumnElement[bool]:
+    """True for a message never claimed (or only released) whose ttl ran out."""
+    # Never NULL (a row without a ttl is not expired), so NOT and CASE on it are two-valued.
+    return sa.and_(m.c.attempts == 0, m.c.expires_at.is_not(None), m.c.expires_at <= now_ms())
+
+
+def dies(m: sa.Table) -> sa.ColumnElement[bool]:
+    """True for a due row that dies instead of becoming READY: its last lease ran out, or its
+    ttl did (a READY row with a ttl keeps its expiry in ``visible_at``, so it is in the due
+    index's range once it has run out)."""
+    return sa.or_(dead_on_expiry(m), expired(m))
+
+
+def unexpired(m: sa.Table) -> sa.ColumnElement[bool]:
+    """True for a READY row whose ttl, if it has one, has not run out (its ``visible_at``)."""
+    return sa.or_(m.c.visible_at.is_(None), m.c.visible_at > now_ms())
 
 
 def promoted_state(m: sa.Table) -> sa.Case[Any]:
-    """The state a due WAITING row moves to: READY, or DEAD when its last lease expired."""
-    return sa.case((dead_on_expiry(m), DEAD), else_=READY)
+    """The state a due row moves to: READY, or DEAD when its last lease or its ttl ran out."""
+    return sa.case((dies(m), DEAD), else_=READY)
 
 
 def promoted(m: sa.Table) -> dict[str, Any]:
-    """SET clause for due WAITING rows: READY (or DEAD), no longer waiting for a time."""
-    return {"state": promoted_state(m), "visible_at": None}
+    """SET clause for due rows: READY (or DEAD), no longer waiting for a time; a message
+    never claimed keeps its ttl's expiry in ``visible_at`` (NULL without one)."""
+    expiry = sa.case((sa.and_(m.c.attempts == 0, sa.not_(dies(m))), m.c.expires_at), else_=None)
+    return {"state": promoted_state(m), "visible_at": expiry}
 
 
 #: How long one statement on squeal's own connections waits for a row or table lock held by
@@ -137,7 +175,7 @@ class Strategy:
         #: Whether puts announce new messages (the Queue's ``notify`` option).
         self.notify = notify
         m = self.m = tables.message
-        self._multirow_cache: dict[tuple[int, bool, bool], sa.Executable] = {}
+        self._multirow_cache: dict[tuple[int, bool, Timing], sa.Executable] = {}
         self._row_names_cache: dict[int, tuple[list[str], list[str]]] = {}
         now = now_ms()
 
@@ -146,7 +184,7 @@ class Strategy:
         self.ack_batch = sa.delete(m).where(
             m.c.lease_token == _param("token"), m.c.id.in_(sa.bindparam("ids", expanding=True))
         )
-        out_of_attempts = m.c.attempts >= _param("max_attempts")
+        out_of_attempts = m.c.attempts >= allowed_attempts(m)
         self.nack = (
             sa.update(m)
             .where(lease)
@@ -173,9 +211,9 @@ class Strategy:
             .values(state=WAITING, visible_at=now + _param("vt_ms", sa.BigInteger()))
         )
 
-        # Only WAITING rows have a visible_at, so this range of the due index is exactly the
-        # rows whose delay, backoff or lease has run out. (A state test here would let the
-        # planner prefer the claim index and filter every leased row.)
+        # Only WAITING rows and READY rows with a ttl have a visible_at, so this range of the due
+        # index is exactly the rows whose delay, backoff, lease or ttl has run out. (A state
+        # test here would let the planner prefer the claim index and filter every leased row.)
         #: The claimed topic is not paused (``Queue.pause``) and, unless the claim holds its
         #: limit (squeal.limits), has none: one primary-key probe per statement, not per row,
         #: since it does not depend on the row.
@@ -191,17 +229,7 @@ class Strategy:
         # row is promoted once per wait, so the work stays O(1) per message overall; a claim
         # right after many messages fall due at once does that work in one go.
         self.due_ids = sa.select(m.c.id).where(due).order_by(m.c.visible_at)
-        self.ready_ids = (
-            sa.select(m.c.id)
-            .where(
-                m.c.topic == _param("in_topic"),
-                in_state(m.c.state, READY),
-                self.after_floor(m),
-                self.gate,
-            )
-            .order_by(m.c.neg_priority, m.c.id)
-            .limit(_param("limit"))
-        )
+        self.ready_ids = self.ready_walk(unexpired(m))
         self.take_lease = {
             "state": WAITING,
             "visible_at": now + _param("vt_ms", sa.BigInteger()),
@@ -214,6 +242,7 @@ class Strategy:
             m.c.neg_priority,
             m.c.attempts,
             m.c.enqueued_at,
+            m.c.max_attempts,
         )
 
     # -- what subclasses specialise -------------------------------------------------------------
@@ -221,13 +250,22 @@ class Strategy:
     @cached_property
     def higher_ids(self) -> sa.Select[Any]:
         """Ready rows of a higher priority than the floor's, in claim order (a sweep's)."""
+        return self.ready_walk(unexpired(self.m), higher=True)
+
+    def ready_walk(self, *also: sa.ColumnElement[bool], higher: bool = False) -> sa.Select[Any]:
+        """Ids of the topic's READY rows after the floor (``higher``: of a higher priority than
+        the floor's), in claim order, up to ``:limit``, that also meet ``also`` (a claim's:
+        their ttl has not run out)."""
         m = self.m
+        after_p = _param("after_p", sa.BigInteger())
+        bound = m.c.neg_priority < after_p if higher else self.after_floor(m)
         return (
             sa.select(m.c.id)
             .where(
                 m.c.topic == _param("in_topic"),
                 in_state(m.c.state, READY),
-                m.c.neg_priority < _param("after_p", sa.BigInteger()),
+                bound,
+                *also,
                 self.gate,
             )
             .order_by(m.c.neg_priority, m.c.id)
@@ -313,7 +351,7 @@ class Strategy:
         if scope.sweep:
             # SQLite keeps no dead index entries, so a sweep simply walks every ready row.
             params.update(scope_params(EVERYWHERE))
-            ex.count(self._promote, {**params, "max_attempts": max_attempts})
+            ex.count(self._promote, {**params, "attempts_limit": max_attempts})
         params.update(vt_ms=vt_ms, token=token)
         return in_claim_order(ex.rows(self._lease_ready, params))
 
@@ -347,12 +385,12 @@ class Strategy:
         Returns each message's id, or None where its key deduplicated it.
         """
         dedup = any(key is not None for key in keys)
-        delayed = shared["delay_ms"] > 0
+        kind = timing(shared)
         if len(payloads) == 1:
             values = {**shared, "payload": payloads[0], "dedup_key": keys[0]}
             if not (self.dialect.insert_returning and self.single_insert_returns):
-                return [ex.insert(self._single[dedup, delayed], values)]
-            found = ex.rows(self._returning_id[dedup, delayed], values)
+                return [ex.insert(self._single[dedup, kind], values)]
+            found = ex.rows(self._returning_id[dedup, kind], values)
             return [int(found[0][0]) if found else None]
         if not self.dialect.insert_returning:
             return [
@@ -362,7 +400,7 @@ class Strategy:
         values = dict(shared)
         values.update(zip(payload_names, payloads, strict=True))
         values.update(zip(key_names, keys, strict=True))
-        statement = self._multirow(len(payloads), dedup, delayed)
+        statement = self._multirow(len(payloads), dedup, kind)
         return ids_in_order(keys, ex.rows(statement, values))
 
     def insert_statements(self, n: int) -> int:
@@ -370,23 +408,35 @@ class Strategy:
         database without INSERT ... RETURNING, e.g. MySQL 8: those need a transaction)."""
         return 1 if n == 1 or self.dialect.insert_returning else n
 
-    def new_row(self, delayed: bool) -> dict[str, Any]:
+    def new_row(self, kind: Timing) -> dict[str, Any]:
         """The column values of a new message (one ``payload`` and ``dedup_key`` parameter).
 
         A ready message's ``visible_at`` is NULL outright, and only a delayed put's statement
-        adds the delay: the common put computes no CASE per row.
+        adds the delay, only a put with a ttl its expiry: the common put computes no CASE per
+        row. A ready message with a ttl keeps its expiry in ``visible_at`` as well, where the
+        due index finds it once it has run out (``dies``).
         """
+        delayed, ttl = kind
         now = now_ms()
-        return {
+        row: dict[str, Any] = {
             "topic": _param("topic"),
             "neg_priority": _param("neg_priority"),
             "state": _param("state"),
-            "visible_at": now + _param("delay_ms") if delayed else None,
+            "visible_at": None,
             "enqueued_at": now,
             "attempts": 0,
             "dedup_key": _param("dedup_key"),
             "payload": _param("payload", sa.LargeBinary()),
+            "max_attempts": _param("msg_max_attempts", sa.Integer()),
         }
+        delay = _param("delay_ms", sa.BigInteger())
+        if ttl:
+            row["expires_at"] = now + delay + _param("ttl_ms", sa.BigInteger())
+        if delayed:
+            row["visible_at"] = now + delay
+        elif ttl:
+            row["visible_at"] = row["expires_at"]
+        return row
 
     def _row_names(self, n: int) -> tuple[list[str], list[str]]:
         """The parameter names of ``_multirow(n)``: payload_i and dedup_key_i."""
@@ -398,20 +448,20 @@ class Strategy:
         return names
 
     @cached_property
-    def _single(self) -> dict[tuple[bool, bool], Insert]:
-        """One-message INSERTs by (dedup, delayed); with dedup, a taken key inserts nothing."""
+    def _single(self) -> dict[tuple[bool, Timing], Insert]:
+        """One-message INSERTs by (dedup, timing); with dedup, a taken key inserts nothing."""
         return {
-            (dedup, delayed): (
-                self.insert_ignoring_conflicts(self.new_row(delayed))
+            (dedup, kind): (
+                self.insert_ignoring_conflicts(self.new_row(kind))
                 if dedup
-                else sa.insert(self.m).values(self.new_row(delayed))
+                else sa.insert(self.m).values(self.new_row(kind))
             )
             for dedup in (False, True)
-            for delayed in (False, True)
+            for kind in TIMINGS
         }
 
     @cached_property
-    def _returning_id(self) -> dict[tuple[bool, bool], sa.Executable]:
+    def _returning_id(self) -> dict[tuple[bool, Timing], sa.Executable]:
         return {kind: self.announced(s.returning(self.m.c.id)) for kind, s in self._single.items()}
 
     @property
@@ -423,21 +473,21 @@ class Strategy:
         """The INSERT ... RETURNING a put runs; PostgreSQL adds its wake-up notification."""
         return insert
 
-    def _multirow(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
+    def _multirow(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
         """The cached :meth:`multirow_insert` of ``n`` rows."""
-        key = (n, dedup, delayed)
+        key = (n, dedup, kind)
         stmt = self._multirow_cache.get(key)
         if stmt is None:
-            stmt = self.multirow_insert(n, dedup, delayed)
+            stmt = self.multirow_insert(n, dedup, kind)
             if len(self._multirow_cache) < 64:
                 self._multirow_cache[key] = stmt
         return stmt
 
-    def multirow_insert(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
+    def multirow_insert(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
         """An INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
         rows = [
             {
-                **self.new_row(delayed),
+                **self.new_row(kind),
                 "payload": _param(f"payload_{i}", sa.LargeBinary()),
                 "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=self.m.c.dedup_key.type),
             }
@@ -449,12 +499,17 @@ class Strategy:
 
 __all__ = [
     "EVERYWHERE",
+    "TIMINGS",
     "ClaimScope",
     "ClaimedRow",
     "Key",
     "Strategy",
+    "Timing",
     "admitted",
+    "allowed_attempts",
     "dead_on_expiry",
+    "dies",
+    "expired",
     "gate_params",
     "ids_in_order",
     "in_claim_order",
@@ -462,4 +517,6 @@ __all__ = [
     "promoted_state",
     "running",
     "scope_params",
+    "timing",
+    "unexpired",
 ]

@@ -18,10 +18,12 @@ from squeal.dialects.base import (
     ClaimedRow,
     ClaimScope,
     Strategy,
-    dead_on_expiry,
+    dies,
     gate_params,
+    in_claim_order,
     promoted,
     scope_params,
+    unexpired,
 )
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import MySQLWindows
@@ -62,6 +64,7 @@ class _Candidate(NamedTuple):
     neg_priority: int
     attempts: int
     enqueued_at: int
+    max_attempts: int | None
     due: bool
     dies: bool
 
@@ -166,7 +169,22 @@ class MySQLStrategy(Strategy):
     ) -> list[ClaimedRow]:
         params = {"in_topic": topic, "limit": limit, **scope_params(scope), **gate_params(limited)}
         if scope.sweep:
-            params["max_attempts"] = max_attempts
+            params["attempts_limit"] = max_attempts
+        claimed, killed = self._claim_once(ex, scope, params, vt_ms, token)
+        if killed and len(claimed) < limit:
+            # Rows whose ttl ran out took the place of live ones in the walk; they are dead
+            # now (in this transaction), so one more walk finds what lies behind them.
+            more, _ = self._claim_once(
+                ex, scope, {**params, "limit": limit - len(claimed)}, vt_ms, token
+            )
+            claimed = in_claim_order([*claimed, *more])
+        return claimed
+
+    def _claim_once(
+        self, ex: Executor, scope: ClaimScope, params: dict[str, Any], vt_ms: int, token: int
+    ) -> tuple[list[ClaimedRow], bool]:
+        """One walk: the rows it leased, and whether it killed any (lease or ttl ran out)."""
+        limit = params["limit"]
         if scope.after is None:
             params["probe_limit"] = limit * 2 + _PROBE_SLACK
         locked = [_Candidate(*row) for row in ex.rows(self._candidates(scope), params)]
@@ -178,8 +196,14 @@ class MySQLStrategy(Strategy):
             ex.count(self._lease, {"ids": list(picked_ids), "vt_ms": vt_ms, "token": token})
         promote = [row.id for row in locked if row.due and row.id not in picked_ids]
         if promote:
-            ex.count(self._promote_ids, {"ids": promote, "max_attempts": max_attempts})
-        return [(r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at) for r in picked]
+            ex.count(
+                self._promote_ids, {"ids": promote, "attempts_limit": params["attempts_limit"]}
+            )
+        rows: list[ClaimedRow] = [
+            (r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at, r.max_attempts)
+            for r in picked
+        ]
+        return rows, any(row.dies for row in locked)
 
     def after_floor(self, m: sa.Table) -> sa.ColumnElement[bool]:
         """The floor spelled out: InnoDB ranges an OR of key prefixes, not a row comparison."""
@@ -215,16 +239,18 @@ class MySQLStrategy(Strategy):
         claim_ix, due_ix = f"{m.name}_claim_ix", f"{m.name}_due_ix"
         if floored:
             ready: sa.Select[Any] = _force_index(
-                self.ready_ids.with_only_columns(*self._candidate_columns, *_READY_FLAGS),
+                self.ready_ids.with_only_columns(*self.claimed_columns, *_READY_FLAGS),
                 m,
                 claim_ix,
             ).with_for_update(skip_locked=True)
         else:
-            probe: sa.Select[Any] = self.ready_ids.with_only_columns(m.c.id, m.c.neg_priority)
+            # The probe reads the claim index alone (a ttl is in the row, not the index): rows
+            # whose ttl ran out are left out when locked, and the sweep's due walk kills them.
+            probe: sa.Select[Any] = self.ready_walk().with_only_columns(m.c.id, m.c.neg_priority)
             probe = _force_index(
                 probe.limit(sa.bindparam("probe_limit", type_=sa.Integer())), m, claim_ix
             )
-            ready = self._locked_by_key(probe, *_READY_FLAGS, first=True)
+            ready = self._locked_by_key(probe, *_READY_FLAGS, first=True, also=unexpired(m))
         if not sweep:
             return ready
         due = _force_index(self.due_ids.limit(_ALL), m, due_ix)
@@ -232,7 +258,7 @@ class MySQLStrategy(Strategy):
             ready.self_group(),
             # Parenthesised: a locking clause may not end a bare member of a UNION.
             self._locked_by_key(
-                due, sa.literal(True).label("due"), dead_on_expiry(m).label("dies")
+                due, sa.literal(True).label("due"), dies(m).label("dies")
             ).self_group(),
         ]
         if floored:
@@ -241,7 +267,11 @@ class MySQLStrategy(Strategy):
         return sa.union_all(*branches)
 
     def _locked_by_key(
-        self, walk: sa.Select[Any], *flags: sa.ColumnElement[Any], first: bool = False
+        self,
+        walk: sa.Select[Any],
+        *flags: sa.ColumnElement[Any],
+        first: bool = False,
+        also: sa.ColumnElement[bool] | None = None,
     ) -> sa.Select[Any]:
         """The ids ``walk`` finds by a plain read, then locked by primary key and checked again
         (with ``first``, only the first ``limit`` of them that are not locked, in claim order).
@@ -253,27 +283,24 @@ class MySQLStrategy(Strategy):
         every entry claims and acks left behind, at three page reads each, for as long as purge
         is held back (a snapshot held anywhere on the server). A plain read passes them within
         the index page. The derived table has a LIMIT, so it is not merged into the locking
-        query; the row's own conditions are checked again on the version the lock reads (a
-        message claimed or acked since the walk is not taken).
+        query; the row's own conditions (and ``also``) are checked again on the version the
+        lock reads (a message claimed or acked since the walk is not taken).
         """
         m = self.m
         found = walk.subquery("found")
         locked = (
-            sa.select(*self._candidate_columns, *flags)
+            sa.select(*self.claimed_columns, *flags)
             .select_from(found.join(m, m.c.id == found.c.id))
             .where(walk.whereclause)  # type: ignore[arg-type]
             .prefix_with("STRAIGHT_JOIN")
         )
+        if also is not None:
+            locked = locked.where(also)
         if first:
             locked = locked.order_by(found.c.neg_priority, found.c.id).limit(
                 sa.bindparam("limit", type_=sa.Integer())
             )
         return _force_index(locked, m, "PRIMARY").with_for_update(skip_locked=True)
-
-    @property
-    def _candidate_columns(self) -> tuple[sa.ColumnElement[Any], ...]:
-        m = self.m
-        return (m.c.id, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at)
 
     @cached_property
     def _lease(self) -> sa.Update:

@@ -16,15 +16,18 @@ from squeal.clock import now_ms
 from squeal.dialects.base import (
     EVERYWHERE,
     LOCK_TIMEOUT_SECONDS,
+    TIMINGS,
     ClaimedRow,
     ClaimScope,
     Strategy,
-    dead_on_expiry,
+    Timing,
+    dies,
     gate_params,
     ids_in_order,
     in_claim_order,
     promoted,
     scope_params,
+    timing,
 )
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import PostgreSQLWindows
@@ -128,11 +131,11 @@ class PostgreSQLStrategy(Strategy):
             return super().insert(ex, shared, payloads, keys)
         dedup = any(key is not None for key in keys)
         values = {**shared, "payloads": list(payloads), "dedup_keys": list(keys)}
-        statement = self._unnest_insert[dedup, shared["delay_ms"] > 0]
+        statement = self._unnest_insert[dedup, timing(shared)]
         return ids_in_order(keys, ex.rows(statement, values))
 
     @cached_property
-    def _unnest_insert(self) -> dict[tuple[bool, bool], sa.Executable]:
+    def _unnest_insert(self) -> dict[tuple[bool, Timing], sa.Executable]:
         """``INSERT ... SELECT ... FROM unnest(:dedup_keys, :payloads)``: any batch, one text.
 
         A VALUES list grows with the batch (100 rows: 33 kB of SQL, 400 parameters), which
@@ -140,12 +143,10 @@ class PostgreSQLStrategy(Strategy):
         short, so it is parsed once and prepared like a single put.
         """
         return {
-            (dedup, delayed): self._unnest(dedup, delayed)
-            for dedup in (False, True)
-            for delayed in (False, True)
+            (dedup, kind): self._unnest(dedup, kind) for dedup in (False, True) for kind in TIMINGS
         }
 
-    def _unnest(self, dedup: bool, delayed: bool) -> sa.Executable:
+    def _unnest(self, dedup: bool, kind: Timing) -> sa.Executable:
         m = self.m
         rows = (
             sa.func.unnest(
@@ -157,7 +158,7 @@ class PostgreSQLStrategy(Strategy):
         )
         # Typed, since a parameter in a SELECT list has no column to take its type from.
         values: dict[str, sa.ColumnElement[Any]] = {
-            name: sa.cast(value, m.c[name].type) for name, value in self.new_row(delayed).items()
+            name: sa.cast(value, m.c[name].type) for name, value in self.new_row(kind).items()
         }
         values.update(dedup_key=rows.c.dedup_key, payload=rows.c.payload)
         # Rows take ids in the order the SELECT yields them: the input order.
@@ -209,7 +210,7 @@ class PostgreSQLStrategy(Strategy):
         params.update(scope_params(scope), **gate_params(limited))
         if not scope.sweep:
             return in_claim_order(ex.rows(self._claim_ready, params))
-        params["max_attempts"] = max_attempts
+        params["attempts_limit"] = max_attempts
         return in_claim_order(ex.rows(self._claim, params))
 
     @cached_property
@@ -240,7 +241,7 @@ class PostgreSQLStrategy(Strategy):
             self.higher_ids.add_columns(m.c.neg_priority).with_for_update(skip_locked=True)
         ).cte("higher")
         due = (
-            self.due_ids.add_columns(m.c.neg_priority, dead_on_expiry(m).label("dies"))
+            self.due_ids.add_columns(m.c.neg_priority, dies(m).label("dies"))
             .with_for_update(skip_locked=True)
             .cte("due")
         )

@@ -13,7 +13,7 @@ from sqlalchemy.sql.dml import Insert
 
 from squeal.bridge import sleep as pause_for
 from squeal.clock import now_ms
-from squeal.dialects.base import Strategy
+from squeal.dialects.base import Strategy, Timing
 from squeal.dialects.bundle import Bundle
 from squeal.dialects.dedup import SQLiteWindows
 from squeal.dialects.health import SQLiteHealth
@@ -59,7 +59,7 @@ class SQLiteStrategy(Strategy):
         into = self.m if table is None else table
         return sqlite.insert(into).values(values).on_conflict_do_nothing()
 
-    def multirow_insert(self, n: int, dedup: bool, delayed: bool) -> sa.Executable:
+    def multirow_insert(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
         """``INSERT ... SELECT <shared values>, column2, column3 FROM (VALUES (i, ?, ?), ...)``.
 
         Only each message's key and payload are bound per row (2 parameters, not 9) and the
@@ -78,7 +78,7 @@ class SQLiteStrategy(Strategy):
             .subquery("new")
         )
         values = {
-            **self.new_row(delayed),
+            **self.new_row(kind),
             "dedup_key": source.c.column2,
             "payload": source.c.column3,
         }
