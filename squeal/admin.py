@@ -7,8 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from squeal.clock import now_ms
+from squeal.dialects.base import death_reason, expired, unexpired
 from squeal.dialects.base import dies as dies_when_due
-from squeal.dialects.base import unexpired
 from squeal.schema import DEAD, READY, WAITING, Tables, in_state
 
 
@@ -58,8 +58,21 @@ class AdminStatements:
             m.c.id, m.c.topic, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at
         ).limit(sa.bindparam("limit"))
         topic = m.c.topic == sa.bindparam("in_topic")
-        #: Dead messages, oldest first; the next ready ones in delivery order (nothing leased).
-        self.dead_list = stored.where(topic, self.dead).order_by(m.c.id)
+        among = m.c.id.in_(sa.bindparam("ids", expanding=True))
+        # A row the next claim will find dead has not recorded it yet: say what it will record.
+        pending = sa.not_(in_state(m.c.state, DEAD))
+        died_at = sa.case(
+            (pending, sa.case((expired(m), m.c.expires_at), else_=m.c.visible_at)),
+            else_=m.c.died_at,
+        )
+        reason = sa.case((pending, death_reason(m)), else_=m.c.dead_reason)
+        #: Dead messages, oldest first, with when and why they died and the last nack's
+        #: error; the next ready ones in delivery order (nothing leased).
+        self.dead_list = (
+            stored.add_columns(died_at, reason, m.c.last_error)
+            .where(topic, self.dead)
+            .order_by(m.c.id)
+        )
         self.peek = stored.where(topic, self.ready).order_by(m.c.neg_priority, m.c.id)
         self.dead_ids = (
             sa.select(m.c.id)
@@ -67,16 +80,29 @@ class AdminStatements:
             .order_by(m.c.id)
             .limit(sa.bindparam("limit"))
         )
+        #: The same, among the given ids only (``redrive(topic, ids=...)``).
+        self.dead_ids_among = self.dead_ids.where(among)
         self.redrive = (
             sa.update(m)
             .where(m.c.id.in_(sa.bindparam("ids", expanding=True)))
             # Due now, not READY: their old claim keys lie below the queue objects' floors, and
             # sweeps find them in the due index (squeal.claim_scope).
-            .values(state=WAITING, attempts=0, lease_token=None, visible_at=now, expires_at=None)
+            .values(
+                state=WAITING,
+                attempts=0,
+                lease_token=None,
+                visible_at=now,
+                expires_at=None,
+                died_at=None,
+                dead_reason=None,
+            )
         )
         self.purge_all = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"))
+        #: Purges of the given ids only (``purge(topic, ids=...)``): all of them, or the dead.
+        self.purge_ids = self.purge_all.where(among)
         #: One message by id unless a live lease holds it (an expired lease does not).
         self.delete_one = sa.delete(m).where(
             m.c.id == sa.bindparam("msg_id", type_=sa.BigInteger()), sa.not_(leased)
         )
         self.purge_dead = sa.delete(m).where(m.c.topic == sa.bindparam("in_topic"), self.dead)
+        self.purge_dead_ids = self.purge_dead.where(among)

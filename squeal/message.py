@@ -11,7 +11,7 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from squeal import validation as check
-from squeal.errors import AlreadySettled
+from squeal.errors import AlreadySettled, InvalidType
 
 
 class Settler(Protocol):
@@ -21,9 +21,14 @@ class Settler(Protocol):
         """Delete ``messages`` if their leases still hold (in ``connection``'s transaction)."""
 
     def nack(
-        self, messages: Sequence[Message], delay: float | None, connection: sa.Connection | None
+        self,
+        messages: Sequence[Message],
+        delay: float | None,
+        connection: sa.Connection | None,
+        error: str | None = None,
     ) -> None:
-        """Count a failed attempt: redeliver after ``delay`` (None: backoff), or bury."""
+        """Count a failed attempt: redeliver after ``delay`` (None: backoff), or bury; keep
+        ``error`` as the messages' last error."""
 
     def release(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         """Give ``messages`` back unprocessed."""
@@ -33,6 +38,23 @@ class Settler(Protocol):
 
     def touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
         """Extend the leases."""
+
+
+#: The most characters of a nack's error a message keeps (longer ones are cut, marked with …).
+ERROR_LIMIT = 2000
+
+
+def error_text(error: BaseException | str | None) -> str | None:
+    """What a nack's ``error`` stores: an exception's type and message, or the text, cut."""
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    elif isinstance(error, str):
+        text = error
+    else:
+        raise InvalidType(f"error must be an exception or a str, not {type(error).__name__}")
+    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
 
 
 def from_ms(ms: int) -> datetime:
@@ -166,11 +188,20 @@ class Message:
         self._settler.ack([self], conn)
         self._done(conn)
 
-    def nack(self, *, delay: float | None = None, connection: sa.Connection | None = None) -> None:
+    def nack(
+        self,
+        *,
+        delay: float | None = None,
+        error: BaseException | str | None = None,
+        connection: sa.Connection | None = None,
+    ) -> None:
         """Mark the attempt failed: redelivered after backoff, or dead after ``max_attempts``.
 
         Args:
             delay: seconds before redelivery instead of the queue's exponential backoff.
+            error: why it failed (an exception: its type and message), kept as the message's
+                last error and shown with it if it dies (:meth:`Queue.dead`), cut to
+                :data:`ERROR_LIMIT` characters.
             connection: a Connection inside the caller's transaction (as for :meth:`ack`).
 
         Raises:
@@ -178,8 +209,9 @@ class Message:
             AlreadySettled: this handle was already settled.
         """
         conn = check.connection(connection)
+        text = error_text(error)
         self._settle()
-        self._settler.nack([self], delay, conn)
+        self._settler.nack([self], delay, conn, text)
         self._done(conn)
 
     def release(self, *, connection: sa.Connection | None = None) -> None:
@@ -234,8 +266,17 @@ class StoredMessage:
     enqueued_at: datetime
 
 
+@dataclass(frozen=True)
 class DeadMessage(StoredMessage):
-    """A message that used up its attempts: it is never delivered again unless redriven."""
+    """A message that died: it is never delivered again unless redriven."""
+
+    #: When it died (None for one that died before squeal recorded it, version 0.1).
+    died_at: datetime | None = None
+    #: Why: ``"failed"`` (a nack on its last attempt), ``"lease expired"`` (its lease ran out
+    #: on its last attempt), ``"expired"`` (its ttl ran out before a claim); None as above.
+    reason: str | None = None
+    #: The error its last nack gave (``nack(error=...)``; workers give the handler's), if any.
+    last_error: str | None = None
 
 
 class PeekedMessage(StoredMessage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 import threading
@@ -24,7 +25,15 @@ from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
 from squeal.executor import Executor
 from squeal.flow import FlowStatements
 from squeal.limits import UNSET, Limit, LimitStatements
-from squeal.message import DeadMessage, Message, PeekedMessage, StoredMessage, TopicStats, from_ms
+from squeal.message import (
+    DeadMessage,
+    Message,
+    PeekedMessage,
+    StoredMessage,
+    TopicStats,
+    error_text,
+    from_ms,
+)
 from squeal.schedules import BATCH as SCHEDULE_BATCH
 from squeal.schedules import Schedule, ScheduleStatements, when
 from squeal.schema import READY, WAITING, build_tables, text_value
@@ -579,12 +588,13 @@ class Queue:
         messages: Sequence[Message],
         *,
         delay: float | None = None,
+        error: BaseException | str | None = None,
         connection: sa.Connection | None = None,
     ) -> None:
         """Nack several messages (see :meth:`Message.nack`)."""
         conn = check.connection(connection)
         batch = _unsettled(messages)
-        self._nack(batch, delay, conn)
+        self._nack(batch, delay, conn, error_text(error))
         for msg in batch:
             msg._done(conn)
 
@@ -628,13 +638,18 @@ class Queue:
         log.settled("ack", messages)
 
     def _nack(
-        self, messages: Sequence[Message], delay: float | None, connection: sa.Connection | None
+        self,
+        messages: Sequence[Message],
+        delay: float | None,
+        connection: sa.Connection | None,
+        error: str | None = None,
     ) -> None:
         fixed = None if delay is None else check.seconds(delay, "delay")
         params = [
             {
                 "msg_id": m.id,
                 "token": m.lease_token,
+                "error": error,
                 "attempts_limit": self._max_attempts,
                 "delay_ms": check.to_ms(self._backoff(m.attempts) if fixed is None else fixed),
             }
@@ -783,13 +798,40 @@ class Queue:
             "limit": check.count(limit, "limit"),
             "attempts_limit": self._max_attempts,
         }
-        return _stored(
-            DeadMessage, self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
-        )
+        rows = self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
+        stored = _stored(DeadMessage, [row[:6] for row in rows])
+        return [
+            dataclasses.replace(
+                message,
+                died_at=None if died is None else from_ms(int(died)),
+                reason=None if reason is None else str(reason),
+                last_error=None if error is None else str(error),
+            )
+            for message, (died, reason, error) in zip(stored, [r[6:] for r in rows], strict=True)
+        ]
 
-    def redrive(self, topic: str = "default", limit: int | None = None) -> int:
-        """Make dead messages of ``topic`` ready again, attempts reset; return how many."""
+    def redrive(
+        self, topic: str = "default", limit: int | None = None, *, ids: Sequence[int] | None = None
+    ) -> int:
+        """Make dead messages of ``topic`` ready again, attempts reset; return how many.
+
+        ``ids``: only these (those of them that are dead messages of ``topic``).
+        """
         topic = check.text(topic, "topic")
+        if ids is not None:
+            chosen = _ids(ids)
+            params = {"in_topic": topic, "limit": len(chosen) or 1, "ids": chosen}
+            params["attempts_limit"] = self._max_attempts
+
+            def redrive_ids(ex: Executor) -> int:
+                found = [row[0] for row in ex.rows(self._admin.dead_ids_among, params)]
+                if found:
+                    ex.count(self._admin.redrive, {"ids": found})
+                return len(found)
+
+            moved = self._session.write(redrive_ids, None, atomic=True) if chosen else 0
+            self._scopes.reopen(topic)
+            return int(moved)
         wanted = None if limit is None else check.count(limit, "limit")
         total = 0
         while wanted is None or total < wanted:
@@ -847,12 +889,27 @@ class Queue:
             log.event("deleted", log.NOTABLE, message_id=params["msg_id"])
         return deleted
 
-    def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
+    def purge(
+        self,
+        topic: str = "default",
+        *,
+        dead_only: bool = False,
+        ids: Sequence[int] | None = None,
+    ) -> int:
         """Delete every message of ``topic`` (or only its dead ones); return how many.
 
-        Purging the whole topic also forgets its dedup windows (see :meth:`dedup_override`).
+        ``ids``: only these (those of them in ``topic``; with ``dead_only``, the dead ones),
+        whatever their state, as the whole-topic purge. Purging the whole topic also forgets
+        its dedup windows (see :meth:`dedup_override`).
         """
         params = {"in_topic": check.text(topic, "topic"), "attempts_limit": self._max_attempts}
+        if ids is not None:
+            chosen = _ids(ids)
+            if not chosen:
+                return 0
+            purge_ids = self._admin.purge_dead_ids if dead_only else self._admin.purge_ids
+            values = {**params, "ids": chosen}
+            return int(self._session.write(lambda ex: ex.count(purge_ids, values)))
         if dead_only:
             return int(self._session.write(lambda ex: ex.count(self._admin.purge_dead, params)))
 
@@ -1085,9 +1142,13 @@ class _Settlement:
         self._queue._ack(messages, connection)
 
     def nack(
-        self, messages: Sequence[Message], delay: float | None, connection: sa.Connection | None
+        self,
+        messages: Sequence[Message],
+        delay: float | None,
+        connection: sa.Connection | None,
+        error: str | None = None,
     ) -> None:
-        self._queue._nack(messages, delay, connection)
+        self._queue._nack(messages, delay, connection, error)
 
     def release(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         self._queue._release(messages, connection)
@@ -1105,6 +1166,15 @@ def _expect(done: int, messages: Sequence[Message]) -> None:
             f"message {messages[0].id}: lease lost (re-claimed by another consumer, or gone)",
             message_id=messages[0].id,
         )
+
+
+def _ids(value: object) -> list[int]:
+    """Message ids: a list or tuple of distinct positive ints."""
+    return list(
+        dict.fromkeys(
+            check.count(i, "an id", maximum=2**63 - 1) for i in check.sequence(value, "ids")
+        )
+    )
 
 
 def _optional_count(value: object, what: str) -> int | None:

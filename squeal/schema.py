@@ -177,6 +177,11 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         sa.Column("expires_at", sa.BigInteger(), nullable=True),
         # A put's max_attempts, overriding the queue's for this message (None: the queue's).
         sa.Column("max_attempts", sa.Integer(), nullable=True),
+        # Why a dead message died, and when (set as it dies; docs/state_machine.md).
+        sa.Column("died_at", sa.BigInteger(), nullable=True),
+        sa.Column("dead_reason", sa.String(32), nullable=True),
+        # The error the last nack gave (type and message, cut to ERROR_LIMIT characters).
+        sa.Column("last_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=f"{prefix}_message_pk"),
         sa.Index(f"{prefix}_message_claim_ix", "topic", "state", "neg_priority", "id"),
         sa.Index(f"{prefix}_message_due_ix", "topic", "visible_at"),

@@ -341,7 +341,7 @@ class Worker:
                     entry.message.ack()
                     self.stats.acked += 1
                 else:
-                    entry.message.nack()
+                    entry.message.nack(error=error)
                     self.stats.failed += 1
             except SquealError as settling:
                 if error is not None:

@@ -218,6 +218,29 @@ def test_dead_redrive_and_purge(
     assert q.stats() == {}
 
 
+def test_dead_says_why_and_redrive_and_purge_take_ids(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    q = make_queue(max_attempts=1)
+    ids = q.put_many([b"a", b"b", b"c"], "jobs")
+    for msg in q.get_many("jobs", 3):
+        msg.nack(error=ValueError("bad\ninput " + "x" * 100))
+    listed = cli("dead", "jobs").stdout.splitlines()
+    assert listed[0].split()[:5] == ["id", "attempts", "died", "reason", "last"]
+    assert "failed" in listed[1]
+    assert "ValueError: bad input xxx" in listed[1]  # one line, cut
+    record = json.loads(cli("dead", "jobs", "--json").stdout.splitlines()[0])
+    assert record["reason"] == "failed"
+    assert record["last_error"].startswith("ValueError: bad\ninput xxx")
+    assert record["died_at"] is not None
+    redrive = cli("redrive", "jobs", "--id", str(ids[0]))
+    assert "redrove 1" in redrive.stdout
+    purged = cli("purge", "jobs", "--dead-only", "--id", str(ids[1]), "--yes")
+    assert "deleted 1" in purged.stdout
+    assert [d.id for d in q.dead("jobs")] == [ids[2]]
+    assert q.size("jobs") == 1
+
+
 def test_pause_lists_and_resume(
     cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
 ) -> None:

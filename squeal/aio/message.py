@@ -87,10 +87,16 @@ class AsyncMessage:
         await run(self._message.ack, connection=sync_connection(connection))
 
     async def nack(
-        self, *, delay: float | None = None, connection: AsyncConnection | None = None
+        self,
+        *,
+        delay: float | None = None,
+        error: BaseException | str | None = None,
+        connection: AsyncConnection | None = None,
     ) -> None:
         """Failed: retry after ``delay`` or the backoff (see :meth:`squeal.Message.nack`)."""
-        await run(self._message.nack, delay=delay, connection=sync_connection(connection))
+        await run(
+            self._message.nack, delay=delay, error=error, connection=sync_connection(connection)
+        )
 
     async def release(self, *, connection: AsyncConnection | None = None) -> None:
         """Give it back at once, this attempt uncounted (see :meth:`squeal.Message.release`)."""

@@ -198,6 +198,7 @@ class AsyncQueue:
         messages: Sequence[AsyncMessage],
         *,
         delay: float | None = None,
+        error: BaseException | str | None = None,
         connection: AsyncConnection | None = None,
     ) -> None:
         """Nack several messages (see :meth:`squeal.Queue.nack_many`)."""
@@ -205,6 +206,7 @@ class AsyncQueue:
             self.sync.nack_many,
             sync_messages(messages),
             delay=delay,
+            error=error,
             connection=sync_connection(connection),
         )
 
@@ -254,17 +256,25 @@ class AsyncQueue:
         """Dead messages (see :meth:`squeal.Queue.dead`)."""
         return await run(self.sync.dead, topic, limit)
 
-    async def redrive(self, topic: str = "default", limit: int | None = None) -> int:
+    async def redrive(
+        self, topic: str = "default", limit: int | None = None, *, ids: Sequence[int] | None = None
+    ) -> int:
         """Make dead messages ready again (see :meth:`squeal.Queue.redrive`)."""
-        return await run(self.sync.redrive, topic, limit)
+        return await run(self.sync.redrive, topic, limit, ids=ids)
 
     async def delete(self, message_id: int) -> bool:
         """Delete one message that is not leased (see :meth:`squeal.Queue.delete`)."""
         return await run(self.sync.delete, message_id)
 
-    async def purge(self, topic: str = "default", *, dead_only: bool = False) -> int:
+    async def purge(
+        self,
+        topic: str = "default",
+        *,
+        dead_only: bool = False,
+        ids: Sequence[int] | None = None,
+    ) -> int:
         """Delete a topic's messages (see :meth:`squeal.Queue.purge`)."""
-        return await run(self.sync.purge, topic, dead_only=dead_only)
+        return await run(self.sync.purge, topic, dead_only=dead_only, ids=ids)
 
     async def pause(self, topic: str) -> None:
         """Stop deliveries of ``topic`` everywhere (see :meth:`squeal.Queue.pause`)."""

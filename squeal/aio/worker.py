@@ -229,7 +229,7 @@ class AsyncWorker:
 
     async def _nack(self, message: AsyncMessage, error: Exception) -> None:
         try:
-            await message.nack()
+            await message.nack(error=error)
         except SquealError as settling:
             log_failure(message, error, "its nack failed", logging.WARNING)
             log.warning("squeal worker: message %d: %s", message.id, settling)

@@ -34,6 +34,7 @@ from squeal.cli.output import (
     shown,
     table,
 )
+from squeal.message import DeadMessage
 
 if TYPE_CHECKING:
     from squeal import Queue
@@ -520,6 +521,7 @@ def _peek_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_messages(args: argparse.Namespace, items: Sequence[Any], leased: bool = False) -> None:
+    dead = bool(items) and all(isinstance(m, DeadMessage) for m in items)
     if args.json:
         for m in items:
             record = {
@@ -532,7 +534,13 @@ def _print_messages(args: argparse.Namespace, items: Sequence[Any], leased: bool
             }
             if leased:
                 record["lease_token"] = m.lease_token
+            if dead:
+                died = None if m.died_at is None else m.died_at.isoformat()
+                record.update(died_at=died, reason=m.reason, last_error=m.last_error)
             print(json.dumps(record))
+        return
+    if dead:
+        _print_dead(args, items)
         return
     rows = [
         (
@@ -545,6 +553,30 @@ def _print_messages(args: argparse.Namespace, items: Sequence[Any], leased: bool
         for m in items
     ]
     print(table(("id", "priority", "attempts", "enqueued", "payload"), rows))
+
+
+def _print_dead(args: argparse.Namespace, items: Sequence[DeadMessage]) -> None:
+    """Dead letters: when and why each died, its last error (cut for the table: --json has it
+    whole), and its payload."""
+    rows = [
+        (
+            m.id,
+            m.attempts,
+            "-" if m.died_at is None else m.died_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.reason,
+            _shorten(m.last_error),
+            show_payload(m.payload, args),
+        )
+        for m in items
+    ]
+    print(table(("id", "attempts", "died", "reason", "last error", "payload"), rows))
+
+
+def _shorten(text: str | None, most: int = 60) -> str | None:
+    if text is None:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= most else line[: most - 1] + "…"
 
 
 @command(
@@ -620,6 +652,13 @@ def dead_command(args: argparse.Namespace) -> int:
 def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC")
     parser.add_argument("-n", "--limit", type=int, default=None, help="at most this many")
+    _id_argument(parser, "only these dead messages (repeatable)")
+
+
+def _id_argument(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--id", type=int, action="append", dest="ids", metavar="ID", default=None, help=text
+    )
 
 
 @command(
@@ -628,7 +667,7 @@ def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
 def redrive_command(args: argparse.Namespace) -> int:
     """``squeal redrive TOPIC``."""
     with open_queue(args) as queue:
-        moved = queue.redrive(args.topic, args.limit)
+        moved = queue.redrive(args.topic, args.limit, ids=args.ids)
     print(f"redrove {moved} message(s) of {args.topic!r}")
     return EXIT_OK
 
@@ -637,6 +676,7 @@ def _purge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("topic", metavar="TOPIC")
     parser.add_argument("--dead-only", action="store_true", help="delete only dead messages")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    _id_argument(parser, "only these messages (repeatable)")
 
 
 @command(
@@ -651,11 +691,13 @@ def purge_command(args: argparse.Namespace) -> int:
                 raise CommandError("purge deletes messages: confirm with --yes", EXIT_USAGE)
             stats = queue.stats().get(args.topic)
             count = 0 if stats is None else (stats.dead if args.dead_only else stats.total)
+            if args.ids is not None:
+                count = len(set(args.ids))
             answer = input(f"delete {count} {what} of {args.topic!r}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted", file=sys.stderr)
                 return EXIT_FAILURE
-        deleted = queue.purge(args.topic, dead_only=args.dead_only)
+        deleted = queue.purge(args.topic, dead_only=args.dead_only, ids=args.ids)
     print(f"deleted {deleted} {what} of {args.topic!r}")
     return EXIT_OK
 

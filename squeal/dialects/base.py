@@ -145,11 +145,27 @@ def promoted_state(m: sa.Table) -> sa.Case[Any]:
     return sa.case((dies(m), DEAD), else_=READY)
 
 
+#: Why a message died (``dead_reason``): a nack on its last attempt, its lease running out
+#: on its last attempt, its ttl running out before a claim.
+FAILED, LEASE_EXPIRED, EXPIRED = "failed", "lease expired", "expired"
+
+
+def death_reason(m: sa.Table) -> sa.Case[Any]:
+    """Why a due row that :func:`dies` dies (NULL for one that does not)."""
+    return sa.case((dead_on_expiry(m), LEASE_EXPIRED), (expired(m), EXPIRED), else_=None)
+
+
 def promoted(m: sa.Table) -> dict[str, Any]:
-    """SET clause for due rows: READY (or DEAD), no longer waiting for a time; a message
-    never claimed keeps its ttl's expiry in ``visible_at`` (NULL without one)."""
+    """SET clause for due rows: READY (or DEAD, saying when and why), no longer waiting for a
+    time; a message never claimed keeps its ttl's expiry in ``visible_at`` (NULL without one).
+    Only rows that fall due pay for it, never the claim of a ready row."""
     expiry = sa.case((sa.and_(m.c.attempts == 0, sa.not_(dies(m))), m.c.expires_at), else_=None)
-    return {"state": promoted_state(m), "visible_at": expiry}
+    return {
+        "state": promoted_state(m),
+        "visible_at": expiry,
+        "died_at": sa.case((dies(m), now_ms()), else_=None),
+        "dead_reason": death_reason(m),
+    }
 
 
 #: How long one statement on squeal's own connections waits for a row or table lock held by
@@ -192,6 +208,10 @@ class Strategy:
                 state=sa.case((out_of_attempts, DEAD), else_=WAITING),
                 visible_at=sa.case((out_of_attempts, None), else_=now + _param("delay_ms")),
                 lease_token=None,
+                died_at=sa.case((out_of_attempts, now), else_=None),
+                dead_reason=sa.case((out_of_attempts, FAILED), else_=None),
+                # The nack's error, else the one an earlier nack gave.
+                last_error=sa.func.coalesce(_param("error", sa.Text()), m.c.last_error),
             )
         )
         self.release = (
@@ -499,6 +519,9 @@ class Strategy:
 
 __all__ = [
     "EVERYWHERE",
+    "EXPIRED",
+    "FAILED",
+    "LEASE_EXPIRED",
     "TIMINGS",
     "ClaimScope",
     "ClaimedRow",
@@ -508,6 +531,7 @@ __all__ = [
     "admitted",
     "allowed_attempts",
     "dead_on_expiry",
+    "death_reason",
     "dies",
     "expired",
     "gate_params",

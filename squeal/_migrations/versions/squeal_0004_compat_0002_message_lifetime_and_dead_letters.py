@@ -1,4 +1,7 @@
-"""Message lifetime: a put's ttl and max_attempts, two nullable columns of the message table.
+"""Message lifetime and dead letters that say why: nullable columns of the message table.
+
+A put's ttl (``expires_at``) and ``max_attempts``; when and why a message died (``died_at``,
+``dead_reason``) and the last error a nack gave (``last_error``).
 
 Only adds nullable columns (instant on PostgreSQL, MariaDB 10.6+ and MySQL 8; SQLite's ADD
 COLUMN rewrites nothing), so squeal at squeal_0002 or squeal_0003 still runs on these tables
@@ -26,11 +29,14 @@ def upgrade() -> None:
     p, s = migration_prefix(), migration_schema()
     op.add_column(f"{p}_message", sa.Column("expires_at", sa.BigInteger(), nullable=True), schema=s)
     op.add_column(f"{p}_message", sa.Column("max_attempts", sa.Integer(), nullable=True), schema=s)
+    op.add_column(f"{p}_message", sa.Column("died_at", sa.BigInteger(), nullable=True), schema=s)
+    op.add_column(f"{p}_message", sa.Column("dead_reason", sa.String(32), nullable=True), schema=s)
+    op.add_column(f"{p}_message", sa.Column("last_error", sa.Text(), nullable=True), schema=s)
 
 
 def downgrade() -> None:
     p, s = migration_prefix(), migration_schema()
     # A plain DROP COLUMN everywhere (SQLite has it since 3.35, squeal's oldest): a batch
     # rebuild of the message table would copy every message.
-    op.drop_column(f"{p}_message", "max_attempts", schema=s)
-    op.drop_column(f"{p}_message", "expires_at", schema=s)
+    for column in ("last_error", "dead_reason", "died_at", "max_attempts", "expires_at"):
+        op.drop_column(f"{p}_message", column, schema=s)
