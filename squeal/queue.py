@@ -7,7 +7,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -33,7 +33,6 @@ from squeal.message import (
     TopicStats,
     error_text,
     from_ms,
-    parse_headers,
 )
 from squeal.schedules import BATCH as SCHEDULE_BATCH
 from squeal.schedules import Schedule, ScheduleStatements, when
@@ -234,7 +233,6 @@ class Queue:
         dedup_key: str | None = None,
         ttl: float | None = None,
         max_attempts: int | None = None,
-        headers: Mapping[str, str] | None = None,
         connection: sa.Connection | None = None,
     ) -> int | None:
         """Enqueue one message.
@@ -251,9 +249,6 @@ class Queue:
                 is listed by :meth:`dead` (docs/state_machine.md). None: no limit.
             max_attempts: deliveries before it dies when it keeps failing, instead of the
                 queue's ``max_attempts`` (None: the queue's).
-            headers: a small map of str to str stored with it and returned on the Message
-                (``msg.headers``): correlation ids, content types, trace context; names of
-                1-255 characters, at most 8 KiB as stored (JSON).
             connection: a Connection inside the caller's transaction: the message exists only
                 if the caller commits.
 
@@ -263,9 +258,7 @@ class Queue:
         Raises:
             ValueError / TypeError: invalid input; nothing was sent to the database.
         """
-        shared = self._shared(
-            topic, priority, delay, ttl=ttl, max_attempts=max_attempts, headers=headers
-        )
+        shared = self._shared(topic, priority, delay, ttl, max_attempts)
         data = check.payload(payload, self.max_payload_size)
         key = check.optional_text(dedup_key, "dedup_key")
         conn = check.connection(connection)
@@ -288,7 +281,6 @@ class Queue:
         dedup_keys: Sequence[str | None] | None = None,
         ttl: float | None = None,
         max_attempts: int | None = None,
-        headers: Mapping[str, str] | None = None,
         connection: sa.Connection | None = None,
     ) -> list[int | None]:
         """Enqueue several messages of one topic, all or nothing (the options as for
@@ -315,9 +307,7 @@ class Queue:
                 raise ValidationError(
                     f"dedup_keys has {len(keys)} entries for {len(data)} payloads"
                 )
-        shared = self._shared(
-            topic, priority, delay, ttl=ttl, max_attempts=max_attempts, headers=headers
-        )
+        shared = self._shared(topic, priority, delay, ttl, max_attempts)
         conn = check.connection(connection)
         if not data:
             return []
@@ -420,10 +410,8 @@ class Queue:
         topic: object,
         priority: object,
         delay: object,
-        *,
         ttl: object = None,
         max_attempts: object = None,
-        headers: object = None,
     ) -> dict[str, Any]:
         """The validated columns every message of one put or put_many shares."""
         delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
@@ -445,7 +433,6 @@ class Queue:
             "delay_ms": delay_ms,
             "ttl_ms": ttl_ms,
             "msg_max_attempts": own_max,
-            "headers": check.headers(headers),
         }
 
     # -- consuming ------------------------------------------------------------------------------
@@ -522,18 +509,9 @@ class Queue:
         settler = self._settler
         messages = [
             Message(
-                settler,
-                id_,
-                topic,
-                bytes(payload),
-                -neg_priority,
-                attempts,
-                enqueued,
-                token,
-                most,
-                headers,
+                settler, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token, most
             )
-            for id_, payload, neg_priority, attempts, enqueued, most, headers in rows
+            for id_, payload, neg_priority, attempts, enqueued, most in rows
         ]
         log.claimed(topic, messages)
         return messages
@@ -821,7 +799,7 @@ class Queue:
             "attempts_limit": self._max_attempts,
         }
         rows = self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
-        stored = _stored(DeadMessage, [row[:7] for row in rows])
+        stored = _stored(DeadMessage, [row[:6] for row in rows])
         return [
             dataclasses.replace(
                 message,
@@ -829,7 +807,7 @@ class Queue:
                 reason=None if reason is None else str(reason),
                 last_error=None if error is None else str(error),
             )
-            for message, (died, reason, error) in zip(stored, [r[7:] for r in rows], strict=True)
+            for message, (died, reason, error) in zip(stored, [r[6:] for r in rows], strict=True)
         ]
 
     def redrive(
@@ -1147,9 +1125,8 @@ def _stored(cls: type[S], rows: list[Any]) -> list[S]:
             priority=-neg_priority,
             attempts=attempts,
             enqueued_at=from_ms(enqueued_at),
-            headers=parse_headers(headers),
         )
-        for id_, topic, payload, neg_priority, attempts, enqueued_at, headers in rows
+        for id_, topic, payload, neg_priority, attempts, enqueued_at in rows
     ]
 
 
