@@ -55,7 +55,13 @@ class AdminStatements:
             .where(m.c.topic == sa.bindparam("in_topic"), self.ready)
         )
         stored = sa.select(
-            m.c.id, m.c.topic, m.c.payload, m.c.neg_priority, m.c.attempts, m.c.enqueued_at
+            m.c.id,
+            m.c.topic,
+            m.c.payload,
+            m.c.neg_priority,
+            m.c.attempts,
+            m.c.enqueued_at,
+            m.c.headers,
         ).limit(sa.bindparam("limit"))
         topic = m.c.topic == sa.bindparam("in_topic")
         among = m.c.id.in_(sa.bindparam("ids", expanding=True))

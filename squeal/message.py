@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Protocol
@@ -57,6 +58,14 @@ def error_text(error: BaseException | str | None) -> str | None:
     return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
 
 
+def parse_headers(stored: str | None) -> dict[str, str]:
+    """Headers as stored (JSON text, or None) to a dict."""
+    if stored is None:
+        return {}
+    found: dict[str, str] = json.loads(stored)
+    return found
+
+
 def from_ms(ms: int) -> datetime:
     """Database milliseconds to an aware UTC datetime."""
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
@@ -76,6 +85,7 @@ class Message:
 
     __slots__ = (
         "_enqueued_ms",
+        "_headers",
         "_is_settled",
         "_on_settle",
         "_pending",
@@ -100,6 +110,7 @@ class Message:
         enqueued_ms: int,
         lease_token: int,
         max_attempts: int | None = None,
+        headers: str | None = None,
     ) -> None:
         self._settler = settler
         #: Called once when the handle becomes settled (a Buffer frees its quota slot).
@@ -115,6 +126,12 @@ class Message:
         self.lease_token = lease_token
         #: Deliveries before it dies, if its put gave its own (None: the queue's).
         self.max_attempts = max_attempts
+        self._headers = headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers its put gave (a new dict each time; empty if none)."""
+        return parse_headers(self._headers)
 
     @property
     def enqueued_at(self) -> datetime:
@@ -264,6 +281,8 @@ class StoredMessage:
     priority: int
     attempts: int
     enqueued_at: datetime
+    #: The headers its put gave (empty if none).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -33,6 +33,7 @@ from squeal.message import (
     TopicStats,
     error_text,
     from_ms,
+    parse_headers,
 )
 from squeal.schedules import BATCH as SCHEDULE_BATCH
 from squeal.schedules import Schedule, ScheduleStatements, when
@@ -233,6 +234,7 @@ class Queue:
         dedup_key: str | None = None,
         ttl: float | None = None,
         max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: sa.Connection | None = None,
     ) -> int | None:
         """Enqueue one message.
@@ -249,6 +251,9 @@ class Queue:
                 is listed by :meth:`dead` (docs/state_machine.md). None: no limit.
             max_attempts: deliveries before it dies when it keeps failing, instead of the
                 queue's ``max_attempts`` (None: the queue's).
+            headers: a small map of str to str stored with it and returned on the Message
+                (``msg.headers``): correlation ids, content types, trace context; names of
+                1-255 characters, at most 8 KiB as stored (JSON).
             connection: a Connection inside the caller's transaction: the message exists only
                 if the caller commits.
 
@@ -258,7 +263,9 @@ class Queue:
         Raises:
             ValueError / TypeError: invalid input; nothing was sent to the database.
         """
-        shared = self._shared(topic, priority, delay, ttl, max_attempts)
+        shared = self._shared(
+            topic, priority, delay, ttl=ttl, max_attempts=max_attempts, headers=headers
+        )
         data = check.payload(payload, self.max_payload_size)
         key = check.optional_text(dedup_key, "dedup_key")
         conn = check.connection(connection)
@@ -281,6 +288,7 @@ class Queue:
         dedup_keys: Sequence[str | None] | None = None,
         ttl: float | None = None,
         max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: sa.Connection | None = None,
     ) -> list[int | None]:
         """Enqueue several messages of one topic, all or nothing (the options as for
@@ -307,7 +315,9 @@ class Queue:
                 raise ValidationError(
                     f"dedup_keys has {len(keys)} entries for {len(data)} payloads"
                 )
-        shared = self._shared(topic, priority, delay, ttl, max_attempts)
+        shared = self._shared(
+            topic, priority, delay, ttl=ttl, max_attempts=max_attempts, headers=headers
+        )
         conn = check.connection(connection)
         if not data:
             return []
@@ -410,8 +420,10 @@ class Queue:
         topic: object,
         priority: object,
         delay: object,
+        *,
         ttl: object = None,
         max_attempts: object = None,
+        headers: object = None,
     ) -> dict[str, Any]:
         """The validated columns every message of one put or put_many shares."""
         delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
@@ -433,6 +445,7 @@ class Queue:
             "delay_ms": delay_ms,
             "ttl_ms": ttl_ms,
             "msg_max_attempts": own_max,
+            "headers": check.headers(headers),
         }
 
     # -- consuming ------------------------------------------------------------------------------
@@ -509,9 +522,18 @@ class Queue:
         settler = self._settler
         messages = [
             Message(
-                settler, id_, topic, bytes(payload), -neg_priority, attempts, enqueued, token, most
+                settler,
+                id_,
+                topic,
+                bytes(payload),
+                -neg_priority,
+                attempts,
+                enqueued,
+                token,
+                most,
+                headers,
             )
-            for id_, payload, neg_priority, attempts, enqueued, most in rows
+            for id_, payload, neg_priority, attempts, enqueued, most, headers in rows
         ]
         log.claimed(topic, messages)
         return messages
@@ -799,7 +821,7 @@ class Queue:
             "attempts_limit": self._max_attempts,
         }
         rows = self._session.read(lambda ex: ex.rows(self._admin.dead_list, params))
-        stored = _stored(DeadMessage, [row[:6] for row in rows])
+        stored = _stored(DeadMessage, [row[:7] for row in rows])
         return [
             dataclasses.replace(
                 message,
@@ -807,7 +829,7 @@ class Queue:
                 reason=None if reason is None else str(reason),
                 last_error=None if error is None else str(error),
             )
-            for message, (died, reason, error) in zip(stored, [r[6:] for r in rows], strict=True)
+            for message, (died, reason, error) in zip(stored, [r[7:] for r in rows], strict=True)
         ]
 
     def redrive(
@@ -1125,8 +1147,9 @@ def _stored(cls: type[S], rows: list[Any]) -> list[S]:
             priority=-neg_priority,
             attempts=attempts,
             enqueued_at=from_ms(enqueued_at),
+            headers=parse_headers(headers),
         )
-        for id_, topic, payload, neg_priority, attempts, enqueued_at in rows
+        for id_, topic, payload, neg_priority, attempts, enqueued_at, headers in rows
     ]
 
 

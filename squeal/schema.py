@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0004_compat_0002"
+SCHEMA_REVISION = "squeal_0005_compat_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -182,6 +182,8 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         sa.Column("dead_reason", sa.String(32), nullable=True),
         # The error the last nack gave (type and message, cut to ERROR_LIMIT characters).
         sa.Column("last_error", sa.Text(), nullable=True),
+        # A put's headers: a JSON object of strings (NULL: none); squeal.validation.headers.
+        sa.Column("headers", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=f"{prefix}_message_pk"),
         sa.Index(f"{prefix}_message_claim_ix", "topic", "state", "neg_priority", "id"),
         sa.Index(f"{prefix}_message_due_ix", "topic", "visible_at"),

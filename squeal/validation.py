@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +17,35 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_SECONDS = 100 * 365 * 24 * 3600.0
 #: Largest payload any supported column holds comfortably (MySQL LONGBLOB, PostgreSQL BYTEA).
 MAX_PAYLOAD_LIMIT = 512 * 1024 * 1024
+
+
+#: Largest headers of one message, as stored (compact JSON, UTF-8 bytes).
+HEADERS_LIMIT = 8 * 1024
+
+
+def headers(value: object) -> str | None:
+    """A put's headers as stored: compact JSON of a str-to-str mapping (None: none or empty).
+
+    Keys are 1-255 characters; the whole, as stored, at most HEADERS_LIMIT bytes.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidType(f"headers must be a mapping of str to str, not {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise InvalidType(
+                f"headers must map str to str, not {type(key).__name__} to {type(item).__name__}"
+            )
+        if not key or len(key) > MAX_TEXT_LENGTH:
+            raise ValidationError(f"a header name must be 1-{MAX_TEXT_LENGTH} characters")
+    if not value:
+        return None
+    text = json.dumps(dict(value), ensure_ascii=False, separators=(",", ":"))
+    size = len(text.encode())
+    if size > HEADERS_LIMIT:
+        raise PayloadTooLarge(f"headers take {size} bytes stored, more than {HEADERS_LIMIT}")
+    return text
 
 
 def payload(value: object, limit: int) -> bytes:

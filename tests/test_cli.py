@@ -105,6 +105,17 @@ def test_put_with_a_ttl_and_its_own_max_attempts(
     assert "ttl" in refused.stderr
 
 
+def test_put_with_headers_and_peek_shows_them(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    put = cli("put", "jobs", "x", "--header", "trace=a=b", "--header", "tenant=7")
+    assert put.returncode == 0, put.stderr
+    assert make_queue().peek("jobs")[0].headers == {"trace": "a=b", "tenant": "7"}
+    shown = json.loads(cli("peek", "jobs", "--json").stdout)
+    assert shown["headers"] == {"trace": "a=b", "tenant": "7"}
+    assert cli("put", "jobs", "y", "--header", "novalue").returncode == 2
+
+
 def test_options_may_follow_the_topic_and_the_data(
     cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
 ) -> None:

@@ -49,6 +49,11 @@ class AsyncMessage:
         return self._message.attempts
 
     @property
+    def headers(self) -> dict[str, str]:
+        """The headers its put gave (see :attr:`squeal.Message.headers`)."""
+        return self._message.headers
+
+    @property
     def max_attempts(self) -> int | None:
         """Deliveries before it dies, if its put gave its own (None: the queue's)."""
         return self._message.max_attempts

@@ -8,7 +8,7 @@ queue's, defined once. What is here is the awaitable surface and the conversions
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -118,6 +118,7 @@ class AsyncQueue:
         dedup_key: str | None = None,
         ttl: float | None = None,
         max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: AsyncConnection | None = None,
     ) -> int | None:
         """Add a message (see :meth:`squeal.Queue.put`)."""
@@ -130,6 +131,7 @@ class AsyncQueue:
             dedup_key=dedup_key,
             ttl=ttl,
             max_attempts=max_attempts,
+            headers=headers,
             connection=sync_connection(connection),
         )
 
@@ -143,6 +145,7 @@ class AsyncQueue:
         dedup_keys: Sequence[str | None] | None = None,
         ttl: float | None = None,
         max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: AsyncConnection | None = None,
     ) -> list[int | None]:
         """Add messages in one round trip (see :meth:`squeal.Queue.put_many`)."""
@@ -155,6 +158,7 @@ class AsyncQueue:
             dedup_keys=dedup_keys,
             ttl=ttl,
             max_attempts=max_attempts,
+            headers=headers,
             connection=sync_connection(connection),
         )
 

@@ -483,6 +483,23 @@ def _put_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-attempts", type=int, default=None, help="its own limit instead of the queue's"
     )
+    parser.add_argument(
+        "--header",
+        action="append",
+        dest="headers",
+        type=_header,
+        metavar="NAME=VALUE",
+        default=None,
+        help="a header stored with it (repeatable)",
+    )
+
+
+def _header(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (the value may contain ``=``)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return name, value
 
 
 @command("put", help="enqueue one message (DATA, or stdin with -)", arguments=_put_arguments)
@@ -505,6 +522,7 @@ def put_command(args: argparse.Namespace) -> int:
             dedup_key=args.dedup_key,
             ttl=args.ttl,
             max_attempts=args.max_attempts,
+            headers=None if args.headers is None else dict(args.headers),
         )
     if new_id is None:
         print("squeal: deduplicated: a message with this key is live", file=sys.stderr)
@@ -532,6 +550,8 @@ def _print_messages(args: argparse.Namespace, items: Sequence[Any], leased: bool
                 "enqueued_at": m.enqueued_at.isoformat(),
                 **json_payload(m.payload, args),
             }
+            if m.headers:
+                record["headers"] = m.headers
             if leased:
                 record["lease_token"] = m.lease_token
             if dead:

@@ -19,9 +19,10 @@ from squeal.schema import DEAD, READY, WAITING, Tables, in_state, text_value
 from squeal.server import Server
 
 #: What a claim returns for one message: (id, payload, neg_priority, attempts, enqueued_at,
-#: max_attempts), ``attempts`` already counting this claim, ``max_attempts`` the message's own
-#: (None: the queue's). Plain tuples, as the driver returns them.
-ClaimedRow = tuple[int, bytes, int, int, int, int | None]
+#: max_attempts, headers), ``attempts`` already counting this claim, ``max_attempts`` the
+#: message's own (None: the queue's), ``headers`` its JSON text (None: none). Plain tuples, as
+#: the driver returns them.
+ClaimedRow = tuple[int, bytes, int, int, int, int | None, str | None]
 #: How a put's rows get their times: (delayed, with a ttl). Each kind has statements of its own,
 #: so the common put (neither) computes nothing it does not need.
 Timing = tuple[bool, bool]
@@ -263,6 +264,7 @@ class Strategy:
             m.c.attempts,
             m.c.enqueued_at,
             m.c.max_attempts,
+            m.c.headers,
         )
 
     # -- what subclasses specialise -------------------------------------------------------------
@@ -448,6 +450,7 @@ class Strategy:
             "dedup_key": _param("dedup_key"),
             "payload": _param("payload", sa.LargeBinary()),
             "max_attempts": _param("msg_max_attempts", sa.Integer()),
+            "headers": _param("headers", sa.Text()),
         }
         delay = _param("delay_ms", sa.BigInteger())
         if ttl:

@@ -65,6 +65,7 @@ class _Candidate(NamedTuple):
     attempts: int
     enqueued_at: int
     max_attempts: int | None
+    headers: str | None
     due: bool
     dies: bool
 
@@ -200,7 +201,15 @@ class MySQLStrategy(Strategy):
                 self._promote_ids, {"ids": promote, "attempts_limit": params["attempts_limit"]}
             )
         rows: list[ClaimedRow] = [
-            (r.id, r.payload, r.neg_priority, r.attempts + 1, r.enqueued_at, r.max_attempts)
+            (
+                r.id,
+                r.payload,
+                r.neg_priority,
+                r.attempts + 1,
+                r.enqueued_at,
+                r.max_attempts,
+                r.headers,
+            )
             for r in picked
         ]
         return rows, any(row.dies for row in locked)
