@@ -24,11 +24,11 @@ from squeal.errors import (
 from squeal.limits import Limit
 from squeal.message import DeadMessage, Message, PeekedMessage, TopicStats
 from squeal.queue import Queue
+from squeal.registry import WorkerInfo
 from squeal.schedules import Schedule
 from squeal.topic_lock import TopicLock
+from squeal.version import __version__
 from squeal.worker import Worker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AlreadyReleased",
@@ -57,5 +57,6 @@ __all__ = [
     "UnsupportedDatabase",
     "ValidationError",
     "Worker",
+    "WorkerInfo",
     "__version__",
 ]

@@ -35,6 +35,7 @@ from squeal.message import (
     from_ms,
     parse_headers,
 )
+from squeal.registry import Registry, WorkerInfo
 from squeal.schedules import BATCH as SCHEDULE_BATCH
 from squeal.schedules import Schedule, ScheduleStatements, when
 from squeal.schema import READY, WAITING, build_tables, text_value
@@ -125,6 +126,7 @@ class Queue:
         self._limited: set[str] = set()
         self._schedules = ScheduleStatements(self._strategy, self._tables)
         self._session = Session(engine, self._strategy, self._tables)
+        self._registry = Registry(self._session, self._strategy, self._tables)
         self._topic_locks = TopicLocks(
             self, self._session, locking_for(engine.dialect, self._tables, self._admin.ready)
         )
@@ -1022,6 +1024,14 @@ class Queue:
     def limits(self) -> list[Limit]:
         """Every topic with a limit (:meth:`set_limit`), in name order."""
         return self._session.read(self._limits.listed)
+
+    # -- workers (squeal/registry.py) -----------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """The running workers of this queue (:class:`Worker`, ``AsyncWorker``, ``squeal
+        worker``), each as its last heartbeat recorded it, oldest first. A worker that died
+        without stopping is listed until its row expires (six heartbeats after its last)."""
+        return self._registry.workers()
 
     # -- schedules (squeal/schedules.py) ---------------------------------------------------------
 

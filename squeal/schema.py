@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0005_compat_0002"
+SCHEMA_REVISION = "squeal_0006_compat_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -150,6 +150,9 @@ class Tables:
     #: Recurring messages (``Queue.schedule``): each row's next run, claimed by a
     #: compare-and-set on ``next_run_at`` so a tick is enqueued once across processes.
     schedule: sa.Table
+    #: One row per running worker (``Queue.workers``), heartbeated; a row whose
+    #: ``expires_at`` passed belongs to a worker that died without leaving.
+    worker: sa.Table
 
 
 def build_tables(prefix: str, schema: str | None = None) -> Tables:
@@ -235,6 +238,28 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         sa.PrimaryKeyConstraint("name", name=f"{prefix}_schedule_pk"),
         sa.Index(f"{prefix}_schedule_due_ix", "next_run_at"),
     )
+    worker = sa.Table(
+        f"{prefix}_worker",
+        metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("topics", sa.Text(), nullable=False),
+        sa.Column("concurrency", sa.Integer(), nullable=False),
+        sa.Column("version", sa.String(32), nullable=False),
+        sa.Column("started_at", sa.BigInteger(), nullable=False),
+        sa.Column("beat_at", sa.BigInteger(), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.Column("in_flight", sa.Integer(), nullable=False),
+        sa.Column("acked", sa.BigInteger(), nullable=False),
+        sa.Column("failed", sa.BigInteger(), nullable=False),
+        sa.Column("released", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=f"{prefix}_worker_pk"),
+        sa.Index(f"{prefix}_worker_expiry_ix", "expires_at"),
+        # Ids never come back (SQLite would reuse the largest once its row is deleted).
+        sqlite_autoincrement=True,
+    )
     return Tables(
         prefix=prefix,
         schema=schema,
@@ -244,4 +269,5 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         dedup=dedup,
         topic=topic,
         schedule=schedule,
+        worker=worker,
     )

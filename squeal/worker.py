@@ -42,6 +42,7 @@ from squeal.errors import (
 from squeal.log import Leased
 from squeal.message import Message
 from squeal.queue import Queue
+from squeal.registry import BEAT, Counts, Presence
 from squeal.schedules import RUN_EVERY, schedules_failed, turn_to_run
 
 log = logging.getLogger("squeal.worker")
@@ -52,6 +53,8 @@ Handler = Callable[..., Any]
 FATAL = (SchemaError, UnsupportedDatabase)
 #: Seconds between claim retries after a failed claim: doubling from the first to the last.
 CLAIM_RETRY = (1.0, 30.0)
+#: Seconds a stopping worker waits for a registry beat under way before deleting its row.
+LEAVE_WAIT = 5.0
 
 
 @dataclass
@@ -71,6 +74,10 @@ class WorkerStats:
     failed: int = 0
     released: int = 0
 
+    def counts(self, in_flight: int) -> Counts:
+        """What the worker registry records at a beat."""
+        return Counts(in_flight, self.acked, self.failed, self.released)
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -81,6 +88,8 @@ class WorkerSettings:
     wait: float
     grace_period: float
     heartbeat: float
+    #: Seconds between the worker's beats in the registry (None: not registered).
+    registry_beat: float | None
 
     @classmethod
     def checked(
@@ -92,6 +101,7 @@ class WorkerSettings:
         grace_period: float,
         heartbeat: float | None,
         visibility_timeout: float,
+        registry_beat: float | None = BEAT,
     ) -> WorkerSettings:
         """The settings, or ValidationError / InvalidType naming the bad option."""
         names = [topics] if isinstance(topics, str) else list(topics)
@@ -107,6 +117,11 @@ class WorkerSettings:
                 visibility_timeout / 3
                 if heartbeat is None
                 else check.seconds(heartbeat, "heartbeat", positive=True)
+            ),
+            registry_beat=(
+                None
+                if registry_beat is None
+                else check.seconds(registry_beat, "registry_beat", positive=True)
             ),
         )
 
@@ -131,6 +146,8 @@ class Worker:
         ack_in_transaction: run handler and ack in one transaction on the queue's engine.
         run_schedules: put the queue's due schedules (:meth:`Queue.schedule`), at most once a
             second per process for the same tables.
+        registry_beat: seconds between the worker's beats in the worker registry
+            (:meth:`Queue.workers`); None: the worker does not register.
 
     Raises:
         ValueError (squeal.ValidationError): a bad option, or a handler that cannot be called
@@ -149,6 +166,7 @@ class Worker:
         heartbeat: float | None = None,
         ack_in_transaction: bool = False,
         run_schedules: bool = True,
+        registry_beat: float | None = BEAT,
     ) -> None:
         self.queue = queue
         self.ack_in_transaction = bool(ack_in_transaction)
@@ -161,6 +179,7 @@ class Worker:
             grace_period=grace_period,
             heartbeat=heartbeat,
             visibility_timeout=queue.visibility_timeout,
+            registry_beat=registry_beat,
         )
         self.topics = settings.topics
         self.concurrency = settings.concurrency
@@ -204,17 +223,50 @@ class Worker:
         beat.start()
         if self.run_schedules:
             threading.Thread(target=self._schedules, name="squeal-schedules", daemon=True).start()
+        presence = self._presence()
+        finished = threading.Event()
+        beats = threading.Thread(
+            target=self._registry_beats, args=(presence, finished), name="squeal-registry"
+        )
+        beats.daemon = True
+        if presence is not None:
+            beats.start()
         try:
             self._consume()
             self._drain()
         finally:
             self._stop.set()
             self._arrived.set()
+            finished.set()
             for sig, previous in restore.items():
                 signal.signal(sig, previous)
+            if presence is not None:
+                beats.join(LEAVE_WAIT)
+                presence.leave()
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _presence(self) -> Presence | None:
+        every = self._settings.registry_beat
+        if every is None:
+            return None
+        return Presence(
+            self.queue._registry,
+            kind="thread",
+            topics=self.topics,
+            concurrency=self.concurrency,
+            beat=every,
+        )
+
+    def _registry_beats(self, presence: Presence, finished: threading.Event) -> None:
+        """Beat in the worker registry until ``run`` is done (draining included)."""
+        while True:
+            with self._lock:
+                in_flight = len(self._in_flight)
+            presence.beat(self.stats.counts(in_flight))
+            if finished.wait(presence.beat_every):
+                return
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("squeal worker: %s received, stopping", signal.Signals(signum).name)
@@ -474,6 +526,7 @@ def load_handler(spec: str) -> Handler:
 __all__ = [
     "CLAIM_RETRY",
     "FATAL",
+    "LEAVE_WAIT",
     "Handler",
     "Worker",
     "WorkerSettings",

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from squeal import Limit, Queue
+from squeal import Limit, Queue, Worker
 from tests.urls import primary_async_url
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
@@ -301,6 +303,33 @@ def test_limit_sets_shows_and_removes_limits(
     removed = cli("limit", "jobs", "--concurrency", "none", "--rate", "none")
     assert removed.stdout.strip() == "no limit"
     assert q.limits() == []
+
+
+def test_workers_lists_the_running_workers(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    q = make_queue()
+    assert cli("workers").stdout.strip() == "no worker is running"
+    q.put_many([b"x"] * 2, "jobs")
+    worker = Worker(q, lambda m: None, ["jobs", "mail"], concurrency=2, wait=0.1, registry_beat=0.2)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while [w.acked for w in q.workers()] != [2]:  # the first beat after both acks
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shown = cli("workers")
+        listed = json.loads(cli("workers", "--json").stdout)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[:2]
+    assert header.split()[:6] == ["id", "host", "pid", "kind", "topics", "in"]
+    assert row.split()[2:7] == [str(os.getpid()), "thread", "jobs,mail", "0/2", "2"]
+    assert (listed["pid"], listed["topics"], listed["acked"]) == (os.getpid(), ["jobs", "mail"], 2)
+    assert cli("workers").stdout.strip() == "no worker is running"
 
 
 def test_scheduler_puts_due_schedules_and_stops_on_sigterm(

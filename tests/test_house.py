@@ -113,3 +113,10 @@ def test_migrations_are_frozen_history() -> None:
                 )
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("squeal") for a in node.names), path.name
+
+
+def test_the_version_is_pyproject_s() -> None:
+    from squeal import __version__
+
+    project = (ROOT / "pyproject.toml").read_text()
+    assert f'\nversion = "{__version__}"\n' in project

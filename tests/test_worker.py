@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from squeal import Message, Queue, SchemaMissing, ValidationError
+from squeal import Message, Queue, SchemaMissing, ValidationError, __version__
 from squeal.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -431,3 +432,115 @@ def test_worker_on_missing_tables_stops_with_the_command_to_run(
     assert done.returncode == 1, done.stderr
     assert "squeal migrate" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the worker registry (squeal/registry.py) ---------------------------------------------------
+
+
+def _registered(q: Queue, **wanted: object) -> Callable[[], bool]:
+    """Whether exactly one worker is listed and its fields have the ``wanted`` values."""
+
+    def check() -> bool:
+        found = q.workers()
+        return len(found) == 1 and all(getattr(found[0], k) == v for k, v in wanted.items())
+
+    return check
+
+
+def test_a_running_worker_is_listed_with_its_counts_and_leaves_on_stop(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    q = make_queue(failure_base_delay=0.0, max_attempts=1)
+    assert q.workers() == []
+    q.put_many([b"a", b"b", b"bad"], "jobs")
+    hold = threading.Event()
+
+    def handle(msg: Message) -> None:
+        if msg.payload == b"bad":
+            raise ValueError("bad")
+        if msg.payload == b"slow":
+            hold.wait(30)
+
+    worker = Worker(q, handle, ["jobs", "other"], concurrency=3, wait=0.1, registry_beat=0.2)
+    thread = running(worker)
+    _wait_for(_registered(q, acked=2, failed=1, in_flight=0))
+    q.put(b"slow", "other")
+    _wait_for(_registered(q, in_flight=1))
+    (info,) = q.workers()
+    assert (info.host, info.pid, info.kind) == (socket.gethostname(), os.getpid(), "thread")
+    assert (info.topics, info.concurrency, info.version) == (("jobs", "other"), 3, __version__)
+    assert (info.acked, info.failed, info.released) == (2, 1, 0)
+    assert info.started_at <= info.beat_at < info.expires_at
+    # Listed until six beats after the last one, by the database clock.
+    assert (info.expires_at - info.beat_at).total_seconds() == pytest.approx(1.2, abs=0.01)
+    hold.set()
+    _wait_for(_registered(q, acked=3, in_flight=0))
+    worker.stop()
+    thread.join(timeout=30)
+    assert q.workers() == []
+
+
+def test_a_killed_worker_is_listed_until_its_row_expires_then_pruned(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str, tmp_path: Path, engine: sa.Engine
+) -> None:
+    q = make_queue()
+    out = tmp_path / "out.txt"
+    child = _worker_process(db_url, prefix, out, 0, "--registry-beat", "0.2")
+    try:
+        _wait_for(_registered(q, pid=child.pid, topics=("jobs",)))
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    (dead,) = q.workers()
+    # Not listed once six beats (1.2 s) passed without one; its row stays until a beat prunes.
+    _wait_for(lambda: q.workers() == [])
+    table = sa.table(f"{prefix}_worker", sa.column("id"))
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.execute(sa.select(table.c.id))] == [dead.id]
+    replacement = Worker(q, lambda msg: None, "jobs", wait=0.1, registry_beat=0.2)
+    thread = threading.Thread(target=replacement.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    try:
+        _wait_for(_registered(q, pid=os.getpid()))
+        with engine.connect() as conn:
+            assert dead.id not in [r[0] for r in conn.execute(sa.select(table.c.id))]
+    finally:
+        replacement.stop()
+        thread.join(timeout=30)
+
+
+def test_a_worker_whose_row_vanished_registers_again_and_one_without_a_registry_goes_on(
+    make_queue: Callable[..., Queue],
+    running: Callable[[Worker], threading.Thread],
+    engine: sa.Engine,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    q = make_queue()
+    done: list[bytes] = []
+    worker = Worker(q, lambda msg: done.append(msg.payload), "jobs", wait=0.1, registry_beat=0.2)
+    running(worker)
+    _wait_for(_registered(q))
+    (first,) = q.workers()
+    table = sa.table(f"{prefix}_worker", sa.column("id"))
+    with engine.begin() as conn:
+        conn.execute(sa.delete(table))
+    _wait_for(lambda: [w.id for w in q.workers()] not in ([], [first.id]))
+    # Without its table (a role without the registry's GRANTs fails the same way), the
+    # registry logs once and the worker consumes as before.
+    moved = f"{prefix}_worker_away"
+    with caplog.at_level("WARNING", logger="squeal.worker"):
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {prefix}_worker RENAME TO {moved}"))
+        try:
+            _wait_for(lambda: "worker registry could not be updated" in caplog.text)
+            q.put(b"after", "jobs")
+            _wait_for(lambda: done == [b"after"])
+            time.sleep(0.5)  # two more failed beats: still one warning
+        finally:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {moved} RENAME TO {prefix}_worker"))
+    assert caplog.text.count("worker registry could not be updated") == 1

@@ -20,6 +20,7 @@ from squeal.dialects.health import Finding
 from squeal.limits import UNSET, Limit
 from squeal.message import DeadMessage, PeekedMessage, TopicStats
 from squeal.queue import DEFAULT_MAX_ATTEMPTS, Queue
+from squeal.registry import WorkerInfo
 from squeal.schedules import Schedule
 from squeal.topic_lock import TopicLock
 
@@ -287,6 +288,10 @@ class AsyncQueue:
     async def resume(self, topic: str) -> None:
         """Deliver ``topic`` again (see :meth:`squeal.Queue.resume`)."""
         await run(self.sync.resume, topic)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The running workers (see :meth:`squeal.Queue.workers`)."""
+        return await run(self.sync.workers)
 
     async def paused(self) -> list[str]:
         """The paused topics (see :meth:`squeal.Queue.paused`)."""

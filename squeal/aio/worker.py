@@ -24,9 +24,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from squeal.aio.bridge import run
 from squeal.aio.message import AsyncMessage
 from squeal.aio.queue import AsyncQueue
 from squeal.errors import InvalidType, LeaseLost, SquealError
+from squeal.registry import BEAT, Presence
 from squeal.schedules import RUN_EVERY, schedules_failed, turn_to_run
 from squeal.worker import (
     CLAIM_RETRY,
@@ -63,6 +65,7 @@ class AsyncWorker:
         heartbeat: float | None = None,
         ack_in_transaction: bool = False,
         run_schedules: bool = True,
+        registry_beat: float | None = BEAT,
     ) -> None:
         if not isinstance(queue, AsyncQueue):
             raise InvalidType(f"queue must be a squeal.aio AsyncQueue, not {type(queue).__name__}")
@@ -82,6 +85,7 @@ class AsyncWorker:
             grace_period=grace_period,
             heartbeat=heartbeat,
             visibility_timeout=queue.sync.visibility_timeout,
+            registry_beat=registry_beat,
         )
         self.stats = WorkerStats()
         self._stop = asyncio.Event()
@@ -112,6 +116,8 @@ class AsyncWorker:
                     signals.append(sig)
         fatal: SquealError | None = None
         schedules = asyncio.create_task(self._schedules()) if self.run_schedules else None
+        finished = asyncio.Event()
+        beats = self._registry_beats(finished)
         try:
             fatal = await self._consume()
         finally:
@@ -121,9 +127,35 @@ class AsyncWorker:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await asyncio.shield(self._drain())
+            finished.set()
+            if beats is not None:
+                await asyncio.shield(beats)
         if fatal is not None:
             raise fatal
         return self.stats
+
+    def _registry_beats(self, finished: asyncio.Event) -> asyncio.Task[None] | None:
+        """A task beating in the worker registry until ``finished``, then deleting the row
+        (None: the worker does not register)."""
+        every = self.settings.registry_beat
+        if every is None:
+            return None
+        presence = Presence(
+            self.queue.sync._registry,
+            kind="asyncio",
+            topics=self.settings.topics,
+            concurrency=self.settings.concurrency,
+            beat=every,
+        )
+
+        async def beats() -> None:
+            while not finished.is_set():
+                await run(presence.beat, self.stats.counts(len(self._running)))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(finished.wait(), every)
+            await run(presence.leave)
+
+        return asyncio.create_task(beats(), name="squeal-registry")
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("squeal worker: %s received, stopping", sig.name)

@@ -785,6 +785,13 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="call handler(message, connection); the ack commits with its writes",
     )
+    parser.add_argument(
+        "--registry-beat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between updates of this worker's row in 'squeal workers' (default 5)",
+    )
 
 
 def _attempts(text: str) -> int | None:
@@ -837,6 +844,7 @@ def worker_command(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             grace_period=args.grace_period,
             ack_in_transaction=args.ack_in_transaction,
+            registry_beat=args.registry_beat,
         )
         # From the announcement on, SIGTERM/SIGINT stop the worker gracefully (run() installs
         # its own handlers; one arriving before it does must not kill the process).

@@ -307,6 +307,17 @@ class Strategy:
     #: Whether a claim needs a transaction around its statements (one statement needs none).
     claim_is_one_statement: ClassVar[bool] = False
 
+    def insert_one(self, ex: Executor, plain: sa.Insert, returning: sa.Insert, values: Any) -> int:
+        """Run a one-row INSERT and return its new id: ``returning`` (``plain`` with
+        ``RETURNING id``) where this database reads ids that way, else ``plain`` and the
+        cursor's lastrowid."""
+        if self.dialect.insert_returning and self.single_insert_returns:
+            return int(ex.rows(returning, values)[0][0])
+        found = ex.insert(plain, values)
+        if found is None:  # pragma: no cover - an INSERT without a conflict inserts
+            raise RuntimeError("squeal: an INSERT inserted no row")
+        return found
+
     def insert_ignoring_conflicts(
         self, values: dict[str, Any] | list[dict[str, Any]], table: sa.Table | None = None
     ) -> Insert:

@@ -4,6 +4,7 @@ or a cancellation that drains, and a handler's writes in the ack's transaction."
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -206,3 +207,33 @@ def test_an_async_worker_puts_due_schedules_unless_told_not_to(async_url: str) -
 
 async def _ignore(message: AsyncMessage) -> None:
     pass
+
+
+def test_an_async_worker_is_listed_as_it_runs_and_leaves_when_stopped(async_url: str) -> None:
+    async def body() -> None:
+        async with opened(async_url) as q:
+            release = asyncio.Event()
+
+            async def handle(message: AsyncMessage) -> None:
+                if message.payload == b"slow":
+                    await release.wait()
+
+            await q.put_many([b"a", b"b", b"slow"], "t")
+            worker = AsyncWorker(q, handle, "t", concurrency=2, wait=0.1, registry_beat=0.2)
+            run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
+
+            async def listed() -> list[Any]:
+                return [(w.kind, w.topics, w.in_flight, w.acked) for w in await q.workers()]
+
+            deadline = time.monotonic() + 30
+            while await listed() != [("asyncio", ("t",), 1, 2)]:
+                assert time.monotonic() < deadline, await listed()
+                await asyncio.sleep(0.05)
+            (info,) = await q.workers()
+            assert (info.pid, info.concurrency) == (os.getpid(), 2)
+            release.set()
+            worker.stop()
+            await run_task
+            assert await q.workers() == []
+
+    run(body())

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from squeal import DatabaseError, Queue
+from squeal import DatabaseError, Queue, Worker
 
 SETUP = {
     "postgresql": [
@@ -32,6 +34,8 @@ GRANTS = {
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO {role}",
         "GRANT SELECT, UPDATE ON {prefix}_topic TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_worker TO {role}",
+        "GRANT USAGE ON SEQUENCE {prefix}_worker_id_seq TO {role}",
     ],
     ("mysql", "producer"): [
         "GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'",
@@ -41,6 +45,7 @@ GRANTS = {
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, UPDATE ON {prefix}_topic TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_worker TO '{role}'@'127.0.0.1'",
     ],
 }
 DROP = {
@@ -141,6 +146,31 @@ def test_a_consumer_role_claims_a_limited_topic(
     consumer.ack_many(got)
     with pytest.raises(DatabaseError):
         consumer.set_limit("t", concurrency=None)  # not the consumer's to change
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_a_consumer_role_s_worker_registers_and_leaves(
+    role_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
+) -> None:
+    """T13: the worker registry needs only the consumer's documented GRANTs."""
+    producer = role_queue("producer")
+    consumer = role_queue("consumer")
+    producer.put(b"job", topic="t")
+    done: list[bytes] = []
+    worker = Worker(consumer, lambda m: done.append(m.payload), "t", wait=0.1, registry_beat=0.2)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+    with caplog.at_level("WARNING", logger="squeal.worker"):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not (done and [w.acked for w in consumer.workers()] == [1]):
+                assert time.monotonic() < deadline, (done, consumer.workers())
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+            thread.join(timeout=30)
+    assert consumer.workers() == []
+    assert "registry" not in caplog.text
 
 
 @pytest.mark.dialects("postgresql", "mysql")
