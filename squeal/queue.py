@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from squeal import log
+from squeal import log, observe
 from squeal import validation as check
 from squeal.admin import AdminStatements
 from squeal.bridge import sync_engine
@@ -516,11 +516,13 @@ class Queue:
 
     def _claim(self, topic: str, limit: int, vt_ms: int) -> list[Message]:
         token = secrets.randbits(63)
+        started = time.monotonic()
         scope, rows, short = self._claim_in_scope(topic, limit, vt_ms, token)
         if not scope.sweep and short:
             # Short without sweeping: sweep now for the rest (squeal.claim_scope).
             _, more, _ = self._claim_in_scope(topic, limit - len(rows), vt_ms, token)
             rows = in_claim_order([*rows, *more])
+        observe.claimed(topic, len(rows), time.monotonic() - started)
         settler = self._settler
         messages = [
             Message(
@@ -658,8 +660,10 @@ class Queue:
             self._session.write(ack, connection, atomic=len(by_token) > 1, commit_on=LeaseLost)
         except LeaseLost as lost:
             log.lease_lost("ack", messages, lost.message_id)
+            observe.lease_lost("ack", messages, lost.message_id)
             raise
         log.settled("ack", messages)
+        observe.settled(observe.ACKED, messages)
 
     def _nack(
         self,
@@ -683,6 +687,7 @@ class Queue:
             self._scopes.reopen(topic)
         self._update_each(self._strategy.nack, params, messages, "nack", connection)
         log.nacked(messages, params, self._max_attempts)
+        observe.nacked(messages, self._max_attempts)
 
     def _release(self, messages: Sequence[Message], connection: sa.Connection | None) -> None:
         params = [{"msg_id": m.id, "token": m.lease_token} for m in messages]
@@ -690,6 +695,7 @@ class Queue:
             self._scopes.reopen(topic)
         self._update_each(self._strategy.release, params, messages, "release", connection)
         log.settled("release", messages)
+        observe.settled(observe.RELEASED, messages)
 
     def _touch(self, messages: Sequence[Message], visibility_timeout: float | None) -> None:
         vt = (
@@ -728,6 +734,7 @@ class Queue:
             self._session.write(run, connection, atomic=len(messages) > 1, commit_on=LeaseLost)
         except LeaseLost as lost:
             log.lease_lost(operation, messages, lost.message_id)
+            observe.lease_lost(operation, messages, lost.message_id)
             raise
 
     def _resolve(self, messages: Sequence[Message]) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from squeal import observe
 from squeal import validation as check
 from squeal.errors import (
     InvalidType,
@@ -356,13 +357,16 @@ class Worker:
 
     def _handle(self, entry: _InFlight) -> None:
         msg = entry.message
+        started = time.monotonic()
         try:
             if self.ack_in_transaction:
                 self._handle_in_transaction(entry)
             else:
                 self.handler(msg)
+                observe.handled(msg.topic, time.monotonic() - started, failed=False)
                 self._settle(entry, ok=True)
         except Exception as error:
+            observe.handled(msg.topic, time.monotonic() - started, failed=True)
             self._settle(entry, ok=False, error=error)
         finally:
             with self._lock:
@@ -371,7 +375,9 @@ class Worker:
 
     def _handle_in_transaction(self, entry: _InFlight) -> None:
         with self.queue.engine.begin() as conn:
+            started = time.monotonic()
             self.handler(entry.message, conn)
+            observe.handled(entry.message.topic, time.monotonic() - started, failed=False)
             with entry.lock:
                 if entry.done:  # released at shutdown: roll the handler's writes back
                     raise RuntimeError("released at shutdown before the handler finished")

@@ -65,6 +65,15 @@ def test_wheel_contains_the_migrations_and_the_console_script(wheel: Path) -> No
     assert any(n.startswith(f"{SCHEMA_REVISION}_") for n in shipped), versions
     assert "squeal/py.typed" in names
     assert "squeal = squeal.cli:main" in scripts
+    # The dashboard's every asset: it works with no internet.
+    web = Path(__file__).parent.parent / "squeal" / "web"
+    assets = {
+        f"squeal/web/{p.relative_to(web).as_posix()}"
+        for folder in ("templates", "static")
+        for p in (web / folder).iterdir()
+    }
+    assert assets
+    assert assets <= names, assets - names
 
 
 CHECK_INSTALLED = """

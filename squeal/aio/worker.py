@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from squeal import observe
 from squeal.aio.bridge import run
 from squeal.aio.message import AsyncMessage
 from squeal.aio.queue import AsyncQueue
@@ -240,14 +241,17 @@ class AsyncWorker:
 
     async def _handle(self, message: AsyncMessage) -> None:
         beat = asyncio.create_task(self._heartbeats(message))
+        started = time.monotonic()
         try:
             if self.ack_in_transaction:
                 async with self.queue.engine.begin() as connection:
                     await self.handler(message, connection)
+                    observe.handled(message.topic, time.monotonic() - started, failed=False)
                     await message.ack(connection=connection)
                 self.stats.acked += 1
             else:
                 await self.handler(message)
+                observe.handled(message.topic, time.monotonic() - started, failed=False)
                 await message.ack()
                 self.stats.acked += 1
         except asyncio.CancelledError:
@@ -255,6 +259,7 @@ class AsyncWorker:
         except SquealError as error:
             log.warning("squeal worker: message %d: %s", message.id, error)
         except Exception as error:
+            observe.handled(message.topic, time.monotonic() - started, failed=True)
             await self._nack(message, error)
         finally:
             beat.cancel()

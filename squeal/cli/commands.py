@@ -786,6 +786,16 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="call handler(message, connection); the ack commits with its writes",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve this worker's counters (claims, settlements, handler seconds) on "
+        "http://--metrics-host:PORT/metrics (needs squeal[metrics])",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)"
+    )
+    parser.add_argument(
         "--registry-beat",
         type=float,
         default=5.0,
@@ -836,6 +846,8 @@ def worker_command(args: argparse.Namespace) -> int:
         "max_attempts": args.max_attempts,
         "failure_base_delay": args.failure_base_delay,
     }
+    if args.metrics_port is not None:
+        _serve_consumer_metrics(args.metrics_host, args.metrics_port)
     with open_queue(args, **options) as queue:
         worker = Worker(
             queue,
@@ -862,6 +874,27 @@ def worker_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _serve_consumer_metrics(host: str, port: int) -> None:
+    """Count this process's consumer events and serve them on a daemon thread."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from squeal.metrics import register_consumers
+    except ImportError as missing:
+        raise CommandError(str(missing), EXIT_USAGE) from None
+    registry = CollectorRegistry()
+    register_consumers(registry)
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise CommandError(f"cannot listen on {host}:{port}: {error}") from None
+    print(
+        f"squeal worker: metrics on http://{host}:{server.server_port}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -967,12 +1000,17 @@ def _names_async_url(args: argparse.Namespace) -> bool:
 def _run(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run ``command``; on an asyncio driver's URL, inside SQLAlchemy's greenlet bridge on a
     loop of the command's own (the CLI is tooling: the library itself never starts a loop)."""
-    if not _names_async_url(args):
-        return command(args)
+    if not _names_async_url(args) or args.command == "dashboard":
+        return command(args)  # the dashboard serves an AsyncQueue on the server's own loop
     if args.command == "worker":
         raise CommandError(
             "squeal worker runs handlers on threads: give it the database's sync URL "
             "(an asyncio application runs squeal.aio.AsyncWorker itself)",
+            EXIT_USAGE,
+        )
+    if args.command == "metrics" and not getattr(args, "print", False):
+        raise CommandError(
+            "squeal metrics answers scrapes on threads: give it the database's sync URL",
             EXIT_USAGE,
         )
     import asyncio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 from collections.abc import Sequence
@@ -32,6 +33,33 @@ def shown(url: sa.URL) -> str:
 def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0].strip() if lines else type(error).__name__
+
+
+def server_arguments(parser: argparse.ArgumentParser, *, port: int, token: str) -> None:
+    """``--host``, ``--port``, ``--cache`` and ``--token`` of the commands that serve the
+    queue's state over HTTP (``token``: what the token guards)."""
+    from squeal.snapshot import PERIOD
+
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=port, help=f"port (default {port}; 0: any)")
+    parser.add_argument(
+        "--cache",
+        type=float,
+        default=PERIOD,
+        metavar="SECONDS",
+        help=f"read the queue's state at most once per SECONDS, for every reader "
+        f"(default {PERIOD:g})",
+    )
+    parser.add_argument("--token", help=f"{token} (default: $SQUEAL_TOKEN)")
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$SQUEAL_TOKEN``, else None."""
+    import os
+
+    return str(args.token or os.environ.get("SQUEAL_TOKEN") or "") or None
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
