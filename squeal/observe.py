@@ -14,12 +14,21 @@ ran, not when the caller commits.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from typing import Any, Protocol
 
 from squeal.log import Leased
 
 #: Outcomes of a settlement.
 ACKED, NACKED, DEAD, RELEASED = "acked", "nacked", "dead", "released"
+
+
+class Handled(Leased, Protocol):
+    """What an observer sees of a message a worker handles."""
+
+    @property
+    def headers(self) -> dict[str, str]: ...
 
 
 class Observer:
@@ -39,6 +48,15 @@ class Observer:
     def handled(self, topic: str, seconds: float, failed: bool) -> None:
         """A worker's handler ran for ``seconds`` on a message of ``topic``, and returned or
         (``failed``) raised."""
+
+    def stamped(self, topic: str, headers: dict[str, str]) -> dict[str, str]:
+        """The headers a put of ``topic`` stores, given its own (e.g. with trace context
+        added); return them (changed or not)."""
+        return headers
+
+    def handling(self, message: Handled) -> AbstractContextManager[None] | None:
+        """A context to run a worker's handler of ``message`` in (e.g. a span), or None."""
+        return None
 
 
 class _Observers:
@@ -100,6 +118,43 @@ def handled(topic: str, seconds: float, failed: bool) -> None:
         observer.handled(topic, seconds, failed)
 
 
+def stamped(topic: str, headers: object) -> object:
+    """A put's headers after every observer stamped them (``headers`` itself without any)."""
+    observers = _registered.now
+    if not observers or not (headers is None or isinstance(headers, Mapping)):
+        return headers  # (a wrong type is reported by validation)
+    out = dict(headers or {})
+    for observer in observers:
+        out = observer.stamped(topic, out)
+    return out
+
+
+def handling(message: Handled) -> AbstractContextManager[None]:
+    """The context to run a worker's handler of ``message`` in: every observer's."""
+    observers = _registered.now
+    if not observers:
+        return _NOTHING
+    stack = ExitStack()
+    for observer in observers:
+        context = observer.handling(message)
+        if context is not None:
+            stack.enter_context(context)
+    return _Entered(stack)
+
+
+class _Entered(AbstractContextManager[None]):
+    """Contexts entered already (by :func:`handling`), exited with the block."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+
+_NOTHING = nullcontext()
+
+
 def _limit(message: Leased, max_attempts: int) -> int:
     own = message.max_attempts
     return max_attempts if own is None else own
@@ -117,12 +172,15 @@ __all__ = [
     "DEAD",
     "NACKED",
     "RELEASED",
+    "Handled",
     "Observer",
     "add_observer",
     "claimed",
     "handled",
+    "handling",
     "lease_lost",
     "nacked",
     "remove_observer",
     "settled",
+    "stamped",
 ]

@@ -447,7 +447,7 @@ class Queue:
             "delay_ms": delay_ms,
             "ttl_ms": ttl_ms,
             "msg_max_attempts": own_max,
-            "headers": check.headers(headers),
+            "headers": check.headers(observe.stamped(topic, headers)),
         }
 
     # -- consuming ------------------------------------------------------------------------------

@@ -362,7 +362,8 @@ class Worker:
             if self.ack_in_transaction:
                 self._handle_in_transaction(entry)
             else:
-                self.handler(msg)
+                with observe.handling(msg):
+                    self.handler(msg)
                 observe.handled(msg.topic, time.monotonic() - started, failed=False)
                 self._settle(entry, ok=True)
         except Exception as error:
@@ -376,7 +377,8 @@ class Worker:
     def _handle_in_transaction(self, entry: _InFlight) -> None:
         with self.queue.engine.begin() as conn:
             started = time.monotonic()
-            self.handler(entry.message, conn)
+            with observe.handling(entry.message):
+                self.handler(entry.message, conn)
             observe.handled(entry.message.topic, time.monotonic() - started, failed=False)
             with entry.lock:
                 if entry.done:  # released at shutdown: roll the handler's writes back

@@ -245,12 +245,14 @@ class AsyncWorker:
         try:
             if self.ack_in_transaction:
                 async with self.queue.engine.begin() as connection:
-                    await self.handler(message, connection)
+                    with observe.handling(message):
+                        await self.handler(message, connection)
                     observe.handled(message.topic, time.monotonic() - started, failed=False)
                     await message.ack(connection=connection)
                 self.stats.acked += 1
             else:
-                await self.handler(message)
+                with observe.handling(message):
+                    await self.handler(message)
                 observe.handled(message.topic, time.monotonic() - started, failed=False)
                 await message.ack()
                 self.stats.acked += 1
