@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 
 from squeal import validation as check
 from squeal.aio.queue import AsyncQueue
-from squeal.errors import SquealError
+from squeal.errors import InvalidType, SquealError, ValidationError
 from squeal.queue import Queue
 from squeal.snapshot import PERIOD, Snapshot
 from squeal.version import __version__
@@ -104,6 +104,8 @@ class _Pages:
                 )
             try:
                 return await handler(request)
+            except (ValidationError, InvalidType) as error:  # a bad topic, id or count
+                return PlainTextResponse(f"{error}\n", 400)
             except SquealError as error:
                 return self.render(request, "error.html", {"error": str(error)}, status=503)
 
@@ -266,7 +268,10 @@ class _Pages:
             return PlainTextResponse(refused + "\n", 403)
         action = request.path_params["action"]
         topic = check.text(str(form.get("topic", "")), "topic")
-        ids = [int(str(i)) for i in form.getlist("id") if str(i).strip()] or None
+        try:
+            ids = [int(str(i)) for i in form.getlist("id") if str(i).strip()] or None
+        except ValueError:
+            raise ValidationError("an id must be a whole number") from None
         backend = self.live.backend
         if action == "redrive":
             note = f"redrove {await backend.redrive(topic, ids)} message(s)"

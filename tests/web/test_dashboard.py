@@ -120,6 +120,9 @@ def test_actions_need_the_csrf_field_and_do_what_they_say(client: httpx.Client, 
     )
     assert purged.headers["location"].startswith("/?note=purged+1")  # never off the site
     assert q.stats()["jobs"].dead == 0
+    bad = client.post("/actions/redrive", data={"topic": "jobs", "id": "x", "csrf": csrf})
+    assert bad.status_code == 400
+    assert client.get("/dead", params={"topic": ""}).status_code == 400
     client.post("/actions/pause", data={"topic": "jobs", "csrf": csrf})
     assert q.paused() == ["jobs"]
     client.post("/actions/resume", data={"topic": "jobs", "csrf": csrf})
