@@ -860,7 +860,9 @@ class Queue:
                     ex.count(self._admin.redrive, {"ids": found})
                 return len(found)
 
-            moved = self._session.write(redrive_ids, None, atomic=True) if chosen else 0
+            if not chosen:
+                return 0
+            moved = self._session.write(redrive_ids, None, atomic=True)
             self._scopes.reopen(topic)
             return int(moved)
         wanted = None if limit is None else check.count(limit, "limit")
