@@ -129,9 +129,8 @@ def stamped(topic: str, headers: object) -> object:
     return out
 
 
-def handling(message: Handled) -> AbstractContextManager[Any]:
-    """The context to run a worker's handler of ``message`` in: every observer's, entered
-    now and exited with the block."""
+def handling(message: Handled) -> AbstractContextManager[None]:
+    """The context to run a worker's handler of ``message`` in: every observer's."""
     observers = _registered.now
     if not observers:
         return _NOTHING
@@ -140,12 +139,17 @@ def handling(message: Handled) -> AbstractContextManager[Any]:
         context = observer.handling(message)
         if context is not None:
             stack.enter_context(context)
-    return stack
+    return _Entered(stack)
 
 
-def active() -> bool:
-    """Whether any observer is installed (skip measuring for none)."""
-    return bool(_registered.now)
+class _Entered(AbstractContextManager[None]):
+    """Contexts entered already (by :func:`handling`), exited with the block."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._stack.__exit__(*exc)
 
 
 _NOTHING = nullcontext()
@@ -170,7 +174,6 @@ __all__ = [
     "RELEASED",
     "Handled",
     "Observer",
-    "active",
     "add_observer",
     "claimed",
     "handled",
