@@ -11,7 +11,7 @@ from a prefetch of ``extra_buffer_multiplier`` quotas claimed in one batch, and 
 topics in turn: the one served longest ago first. A topic that has nothing left, or that nobody
 took a message from for ``max_topic_idle`` seconds, is dropped: its prefetched messages are
 released (the claim is not counted as an attempt) and its lock is released. When no held topic
-can serve, the Buffer locks another one: the free topic with the most ready messages.
+can serve, the Buffer locks another one: the next free topic with a ready message.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ class Buffer:
             return message
 
     def _take_topic(self, now: float) -> Message | None:
-        """Lock a new topic (the free one with the most ready messages) and serve from it."""
+        """Lock a new topic (the next free one with a ready message) and serve from it."""
         tried: set[str] = set()
         for _ in range(_ACQUIRE_TRIES):
             lock = self.queue.acquire_topic(exclude={*self._held, *tried})

@@ -314,6 +314,10 @@ class TopicStats:
     """Seconds since the oldest ready message was enqueued; None when nothing is ready."""
     paused: bool = False
     """Whether the topic is paused (``Queue.pause``): its messages are not delivered."""
+    estimated: bool = False
+    """Whether the counts are lower bounds: ``Queue.stats(limit=...)`` found a state holding
+    more messages than the limit and counted it as the limit (into ``ready``, ``delayed`` or
+    ``dead``); ``oldest_ready_age`` is then that of the next message to be delivered."""
 
     @property
     def total(self) -> int:

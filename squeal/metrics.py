@@ -66,11 +66,18 @@ def families(snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
     paused = GaugeMetricFamily(
         "squeal_topic_paused", "1 if the topic is paused, else 0.", labels=["topic"]
     )
+    estimated = GaugeMetricFamily(
+        "squeal_messages_estimated",
+        "1 if the topic's counts are lower bounds (a state held more messages than the "
+        "snapshot's count limit), else 0.",
+        labels=["topic"],
+    )
     for topic, stats in snapshot.stats.items():
         for state in STATES:
             messages.add_metric([topic, state], getattr(stats, state))
         oldest.add_metric([topic], stats.oldest_ready_age or 0.0)
         paused.add_metric([topic], 1.0 if stats.paused else 0.0)
+        estimated.add_metric([topic], 1.0 if stats.estimated else 0.0)
     workers = GaugeMetricFamily(
         "squeal_workers", "Running workers (the worker registry).", labels=["kind"]
     )
@@ -91,7 +98,12 @@ def families(snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
         "squeal_snapshot_timestamp_seconds", "When the queue's state was last read (Unix time)."
     )
     taken.add_metric([], snapshot.taken_at)
-    yield from (messages, oldest, paused, workers, in_flight, read, taken)
+    limit = GaugeMetricFamily(
+        "squeal_snapshot_count_limit",
+        "Messages per topic and state the last read counted exactly (above: lower bounds).",
+    )
+    limit.add_metric([], snapshot.limit)
+    yield from (messages, oldest, paused, estimated, workers, in_flight, read, taken, limit)
 
 
 def register_queue(

@@ -153,8 +153,9 @@ def observe_queue(
     snapshots: Snapshots | None = None,
 ) -> Snapshots:
     """Observable gauges of ``queue``'s state (``squeal.messages`` by topic and state,
-    ``squeal.oldest_ready.age``), read at most once per ``cache`` seconds however often the
-    SDK collects; the :class:`~squeal.snapshot.Snapshots` they read."""
+    ``squeal.oldest_ready.age``, ``squeal.messages.estimated``), read at most once per
+    ``cache`` seconds however often the SDK collects;
+    the :class:`~squeal.snapshot.Snapshots` they read."""
     shared = snapshots or Snapshots(queue, cache)
     meter = metrics.get_meter(SCOPE, __version__, meter_provider)
 
@@ -167,11 +168,21 @@ def observe_queue(
         for topic, stats in shared.get().stats.items():
             yield Observation(stats.oldest_ready_age or 0.0, {"topic": topic})
 
+    def estimated(options: CallbackOptions) -> Iterable[Observation]:
+        for topic, stats in shared.get().stats.items():
+            yield Observation(1 if stats.estimated else 0, {"topic": topic})
+
     meter.create_observable_gauge(
         "squeal.messages", [messages], "{message}", "Messages per topic and state"
     )
     meter.create_observable_gauge(
         "squeal.oldest_ready.age", [oldest], "s", "Age of the oldest ready message"
+    )
+    meter.create_observable_gauge(
+        "squeal.messages.estimated",
+        [estimated],
+        "1",
+        "1 if the topic's counts are lower bounds (a state over the snapshot's count limit)",
     )
     return shared
 

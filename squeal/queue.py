@@ -119,7 +119,7 @@ class Queue:
             topic_lock_timeout, "topic_lock_timeout", positive=True
         )
         self._strategy = strategy_for(engine, self._tables, notify=bool(notify))
-        self._admin = AdminStatements(self._tables)
+        self._admin = AdminStatements(self._tables, self._strategy.topic_scan)
         self._flow = FlowStatements(self._strategy, self._tables)
         self._limits = LimitStatements(self._flow, self._tables)
         #: Topics this object found limited: claimed under their limit (squeal.limits).
@@ -127,9 +127,10 @@ class Queue:
         self._schedules = ScheduleStatements(self._strategy, self._tables)
         self._session = Session(engine, self._strategy, self._tables)
         self._registry = Registry(self._session, self._strategy, self._tables)
-        self._topic_locks = TopicLocks(
-            self, self._session, locking_for(engine.dialect, self._tables, self._admin.ready)
+        locking = locking_for(
+            engine.dialect, self._tables, self._admin.ready_kinds, self._strategy.topic_scan
         )
+        self._topic_locks = TopicLocks(self, self._session, locking)
         self._settler = _Settlement(self)
         self._scopes = ClaimScopes()
         self._waiter: Poller | None = None
@@ -760,7 +761,8 @@ class Queue:
     # -- topic locks ----------------------------------------------------------------------------
 
     def acquire_topic(self, *, exclude: Iterable[str] = ()) -> TopicLock | None:
-        """Lock one topic with ready messages for this consumer alone, most ready first.
+        """Lock one topic with a ready message for this consumer alone: topics are tried in
+        name order, starting after the one this object acquired last (round robin).
 
         The lock lasts ``topic_lock_timeout`` seconds unless touched; a lock that ran out may
         be taken over by anybody. Locks are cooperative: ``get`` ignores them, so a consumer
@@ -797,13 +799,25 @@ class Queue:
         """Ready messages per topic, for every topic that has some."""
         return {name: s.ready for name, s in self.stats().items() if s.ready}
 
-    def stats(self) -> dict[str, TopicStats]:
+    def stats(self, limit: int | None = None) -> dict[str, TopicStats]:
         """Per topic: ready, delayed, leased and dead counts, the oldest ready message's age,
-        and whether it is paused (a paused topic is listed even with no message)."""
-        params = {"attempts_limit": self._max_attempts}
+        and whether it is paused (a paused topic is listed even with no message).
 
-        def read(ex: Executor) -> tuple[list[Any], list[str]]:
-            return ex.rows(self._admin.stats, params), self._flow.paused(ex)
+        With ``limit``, the read costs at most about ``limit`` index entries per topic and
+        stored state (ready, waiting, dead) instead of a pass over every message: a state
+        holding more is counted as ``limit`` — a lower bound, into ``ready``, ``delayed`` or
+        ``dead`` — and its topic is marked :attr:`TopicStats.estimated`. Below the limit the
+        counts are exact.
+        """
+        params: dict[str, Any] = {"attempts_limit": self._max_attempts}
+        admin = self._admin
+        if limit is not None:
+            params["count_limit"] = check.count(limit, "limit")
+
+        def read(ex: Executor) -> tuple[Sequence[Sequence[Any]], list[str]]:
+            if limit is None:
+                return ex.rows(admin.stats, params), self._flow.paused(ex)
+            return admin.counted_within(ex, params), self._flow.paused(ex)
 
         rows, paused = self._session.read(read)
         stats = {
@@ -814,8 +828,9 @@ class Queue:
                 dead=int(dead),
                 oldest_ready_age=None if oldest is None else (now - oldest) / 1000,
                 paused=text_value(topic) in paused,
+                estimated=bool(estimated and estimated[0]),
             )
-            for topic, ready, delayed, leased, dead, oldest, now in rows
+            for topic, ready, delayed, leased, dead, oldest, now, *estimated in rows
         }
         for topic in paused:
             if topic not in stats:

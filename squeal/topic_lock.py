@@ -116,9 +116,12 @@ class TopicLocks:
         self._locking = locking
         self._held: dict[int, TopicLock] = {}
         self._guard = threading.Lock()
+        #: The topic this object acquired last: the next acquire starts after it.
+        self._last = ""
 
     def acquire(self, exclude: Iterable[str], max_attempts: int) -> TopicLock | None:
-        """Lock the free topic with the most ready messages, or return None."""
+        """Lock a free topic with a ready message, or return None. Topics are tried in name
+        order, starting after the one this object acquired last (round robin)."""
         skip = sorted(check.texts(exclude, "exclude"))
         session, locking = self._session, self._locking
         ttl_ms = check.to_ms(self.owner.topic_lock_timeout)
@@ -126,6 +129,7 @@ class TopicLocks:
         params = {"attempts_limit": max_attempts, **({"exclude": skip} if skip else {})}
         stmt = locking.candidates(excluding=bool(skip))
         for _ in range(_ROUNDS):
+            params["after"] = self._last
             rows = session.read(lambda ex: ex.rows(stmt, params))
             if not rows:
                 return None
@@ -144,6 +148,7 @@ class TopicLocks:
         lock = TopicLock(self, topic=topic, token=lease.token, expires_at=from_ms(lease.expires_at))
         with self._guard:
             self._held[id(lock)] = lock
+            self._last = topic
         log.event("lock_acquired", topic=topic, token=lease.token)
         return lock
 

@@ -61,6 +61,10 @@ def test_put_peek_get_ack_and_stats(
     assert json.loads(stats.stdout)["jobs"]["delayed"] == 1
     table = cli("stats")
     assert table.stdout.split()[:6] == ["topic", "ready", "delayed", "leased", "dead", "oldest"]
+    bounded = cli("stats", "--limit", "1")
+    assert bounded.stdout.split()[6:11] == ["jobs", "1+", "1+", "0+", "0+"], bounded.stdout
+    assert "at least N" in bounded.stdout
+    assert json.loads(cli("stats", "--json", "--limit", "1").stdout)["jobs"]["estimated"] is True
     peek = cli("peek", "jobs", "--json")
     assert [json.loads(line)["payload"] for line in peek.stdout.splitlines()] == ["high", "low"]
     got = cli("get", "jobs", "--ack", "--json")

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from squeal import LeaseLost, Message, Queue, Worker
 from squeal.executor import add_statement_listener, remove_statement_listener
 from squeal.metrics import register_consumers, register_queue, unregister_consumers
-from squeal.snapshot import Snapshots
+from squeal.snapshot import CountLimit, Snapshots
 
 SQUEAL = str(Path(sys.executable).with_name("squeal"))
 
@@ -153,7 +153,25 @@ def test_many_scrapers_share_one_read_per_period(make_queue: Callable[..., Queue
         remove_statement_listener(capture)
     assert snapshots.reads == 1
     one_read = len(statements)
-    assert 0 < one_read <= 3, statements  # stats, paused topics, workers: 200 scrapes, one read
+    # 200 scrapes, one read: the count limit's probes, the ready messages of the topics the
+    # probes found under the limit, the paused topics, the workers.
+    assert one_read == 4, statements
+
+
+def test_gauges_over_the_count_limit_are_marked_estimated(
+    make_queue: Callable[..., Queue], registry: CollectorRegistry
+) -> None:
+    q = make_queue()
+    q.put_many([b"x"] * 3, "big")
+    q.put(b"x", "small")
+    snapshots = Snapshots(q, period=0, limit=CountLimit(value=2, most=2))
+    register_queue(q, registry=registry, snapshots=snapshots)
+    found = samples(generate_latest(registry).decode())
+    assert found[("squeal_messages", (("state", "ready"), ("topic", "big")))] == 2
+    assert found[("squeal_messages", (("state", "ready"), ("topic", "small")))] == 1
+    assert found[("squeal_messages_estimated", (("topic", "big"),))] == 1
+    assert found[("squeal_messages_estimated", (("topic", "small"),))] == 0
+    assert found[("squeal_snapshot_count_limit", ())] == 2
 
 
 def test_consumer_counters_count_what_consumers_did(

@@ -249,9 +249,9 @@ class AsyncQueue:
         """Messages per topic (see :meth:`squeal.Queue.topics`)."""
         return await run(self.sync.topics)
 
-    async def stats(self) -> dict[str, TopicStats]:
+    async def stats(self, limit: int | None = None) -> dict[str, TopicStats]:
         """Messages per topic and state (see :meth:`squeal.Queue.stats`)."""
-        return await run(self.sync.stats)
+        return await run(self.sync.stats, limit)
 
     async def peek(self, topic: str = "default", limit: int = 10) -> list[PeekedMessage]:
         """The next messages, without leasing them (see :meth:`squeal.Queue.peek`)."""

@@ -34,7 +34,7 @@ from squeal.cli.output import (
     shown,
     table,
 )
-from squeal.message import DeadMessage
+from squeal.message import DeadMessage, TopicStats
 
 if TYPE_CHECKING:
     from squeal import Queue
@@ -409,23 +409,42 @@ def _stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _count_arguments(parser: argparse.ArgumentParser) -> None:
+    _stats_arguments(parser)
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="count at most N messages per topic and state, shown as N+ above it (a short "
+        "read however large the queue; default: count every message)",
+    )
+
+
 @command(
     "stats",
     help="messages per topic: ready, delayed, leased, dead, oldest age",
-    arguments=_stats_arguments,
+    arguments=_count_arguments,
 )
 def stats_command(args: argparse.Namespace) -> int:
     """``squeal stats``."""
     with open_queue(args) as queue:
-        stats = queue.stats()
+        stats = queue.stats(limit=args.limit)
     if args.json:
         print(json.dumps({topic: {**asdict(s), "total": s.total} for topic, s in stats.items()}))
         return EXIT_OK
     if not stats:
         print("no messages")
         return EXIT_OK
+
+    def shown(n: int, s: TopicStats) -> int | str:
+        return f"{n}+" if s.estimated else n
+
     rows: list[tuple[Any, ...]] = [
-        (t, s.ready, s.delayed, s.leased, s.dead, _age(s.oldest_ready_age))
+        (
+            t,
+            *(shown(n, s) for n in (s.ready, s.delayed, s.leased, s.dead)),
+            _age(s.oldest_ready_age),
+        )
         for t, s in stats.items()
     ]
     columns: tuple[str, ...] = ("topic", "ready", "delayed", "leased", "dead", "oldest")
@@ -434,6 +453,8 @@ def stats_command(args: argparse.Namespace) -> int:
         states = ["paused" if s.paused else "" for s in stats.values()]
         rows = [(*row, state) for row, state in zip(rows, states, strict=True)]
     print(table(columns, rows))
+    if any(s.estimated for s in stats.values()):
+        print(f"N+: at least N; that topic holds more than --limit {args.limit} in some state")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -46,9 +47,15 @@ def strategy_for(engine: sa.Engine, tables: Tables, *, notify: bool = True) -> S
     return bundle_for(engine.dialect).strategy(engine.dialect, tables, notify=notify)
 
 
-def locking_for(dialect: sa.Dialect, tables: Tables, ready: sa.ColumnElement[bool]) -> Locking:
-    """The topic-lock statements for ``dialect``'s database."""
-    return bundle_for(dialect).locking(dialect, tables, ready)
+def locking_for(
+    dialect: sa.Dialect,
+    tables: Tables,
+    ready: tuple[sa.ColumnElement[bool], ...],
+    topic_scan: sa.Select[Any],
+) -> Locking:
+    """The topic-lock statements for ``dialect``'s database (``ready``: what makes a message
+    ready, one condition per kind of row; ``topic_scan``: :attr:`Strategy.topic_scan`)."""
+    return bundle_for(dialect).locking(dialect, tables, ready, topic_scan)
 
 
 def windows_for(dialect: sa.Dialect, tables: Tables) -> Windows:

@@ -36,32 +36,44 @@ class Locking:
     #: Whether :meth:`take` runs several statements that must share one transaction.
     take_is_atomic: ClassVar[bool] = False
 
-    def __init__(self, dialect: sa.Dialect, tables: Tables, ready: sa.ColumnElement[bool]) -> None:
+    def __init__(
+        self,
+        dialect: sa.Dialect,
+        tables: Tables,
+        ready: tuple[sa.ColumnElement[bool], ...],
+        topic_scan: sa.Select[Any],
+    ) -> None:
         self.dialect = dialect
         self.lock = tables.topic_lock
         self.message = tables.message
         self.topics = tables.topic
         self._ready = ready
+        self._topic_scan = topic_scan
 
     # -- shared statements ----------------------------------------------------------------------
 
     def candidates(self, excluding: bool) -> sa.Select[Any]:
-        """Topics with ready messages and no live lock, most ready first (``exclude`` list)."""
+        """Topics with a ready message, not paused and with no live lock, in name order from
+        the first after ``:after`` round to the ones before it (``exclude`` list)."""
         return self._candidates[excluding]
 
     @cached_property
     def _candidates(self) -> dict[bool, sa.Select[Any]]:
         m, lock = self.message, self.lock
-        held = sa.exists().where(lock.c.topic == m.c.topic, lock.c.expires_at > now_ms())
-        ready = sa.func.count().label("ready")
+        listed = self._topic_scan.subquery("listed")
+        topic = listed.c.topic
+        # One probe per topic and kind of ready row (stored READY, or WAITING and due): it stops
+        # at the first ready message, whatever the topic holds.
+        ready = sa.or_(*(sa.exists().where(m.c.topic == topic, kind) for kind in self._ready))
+        held = sa.exists().where(lock.c.topic == topic, lock.c.expires_at > now_ms())
+        after = sa.bindparam("after", type_=m.c.topic.type)
         base = (
-            sa.select(m.c.topic, ready)
-            .where(self._ready, sa.not_(held), running(self.topics, m.c.topic))
-            .group_by(m.c.topic)
-            .order_by(ready.desc(), m.c.topic)
+            sa.select(topic)
+            .where(ready, sa.not_(held), running(self.topics, topic))
+            .order_by(sa.case((topic > after, 0), else_=1), topic)
             .limit(CANDIDATES)
         )
-        excluded = m.c.topic.not_in(sa.bindparam("exclude", expanding=True, type_=m.c.topic.type))
+        excluded = topic.not_in(sa.bindparam("exclude", expanding=True, type_=m.c.topic.type))
         return {False: base, True: base.where(excluded)}
 
     @cached_property

@@ -27,7 +27,7 @@ from squeal import validation as check
 from squeal.aio.queue import AsyncQueue
 from squeal.errors import InvalidType, SquealError, ValidationError
 from squeal.queue import Queue
-from squeal.snapshot import PERIOD, Snapshot
+from squeal.snapshot import PERIOD, CountLimit, Snapshot
 from squeal.version import __version__
 from squeal.web.auth import COOKIE, Guard
 from squeal.web.backend import Backend
@@ -47,6 +47,7 @@ def app(
     token: str | None = None,
     read_only: bool = False,
     cache: float = PERIOD,
+    count_limit: CountLimit | None = None,
 ) -> Starlette:
     """The dashboard of ``queue`` as an ASGI application.
 
@@ -58,9 +59,11 @@ def app(
         read_only: refuse every action even with a token.
         cache: seconds between reads of the queue's state, shared by every page, stream and
             scrape.
+        count_limit: how many messages per topic and state a read counts exactly (above:
+            lower bounds, marked +); by default it adapts to keep each read short.
     """
     guard = Guard(token or None, bool(read_only))
-    live = Live(Backend(queue), check.seconds(cache, "cache"))
+    live = Live(Backend(queue), check.seconds(cache, "cache"), limit=count_limit or CountLimit())
     pages = _Pages(live, guard)
     routes = [
         Route("/", pages.guarded(pages.overview), name="overview"),
@@ -142,7 +145,13 @@ class _Pages:
             {"topic": topic, "stats": stats, "series": self.live.series(topic)}
             for topic, stats in snapshot.stats.items()
         ]
-        context = {"rows": rows, "snapshot": snapshot, "rates": self.live.rates()}
+        estimated = any(stats.estimated for stats in snapshot.stats.values())
+        context = {
+            "rows": rows,
+            "snapshot": snapshot,
+            "rates": self.live.rates(),
+            "estimated": estimated,
+        }
         return self.render(request, "overview.html", context)
 
     async def topic(self, request: Request) -> Response:
@@ -201,6 +210,7 @@ class _Pages:
                 "dead": s.dead,
                 "oldest": s.oldest_ready_age,
                 "paused": s.paused,
+                "estimated": s.estimated,
                 "series": self.live.series(topic),
             }
             for topic, s in snapshot.stats.items()
@@ -211,6 +221,7 @@ class _Pages:
             "in_flight": sum(w.in_flight for w in snapshot.workers),
             "rates": self.live.rates(),
             "taken_at": snapshot.taken_at,
+            "limit": snapshot.limit,
         }
 
     async def metrics(self, request: Request) -> Response:

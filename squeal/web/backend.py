@@ -32,8 +32,8 @@ class Backend:
         method: Callable[..., Any] = getattr(self.queue, name)
         return await run_in_threadpool(method, *args, **kwargs)
 
-    async def stats(self) -> dict[str, TopicStats]:
-        found: dict[str, TopicStats] = await self._call("stats")
+    async def stats(self, limit: int | None = None) -> dict[str, TopicStats]:
+        found: dict[str, TopicStats] = await self._call("stats", limit)
         return found
 
     async def workers(self) -> list[WorkerInfo]:

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from squeal.snapshot import Snapshot
+from squeal.snapshot import CountLimit, Snapshot
 from squeal.web.backend import Backend
 
 #: Snapshots kept for the sparklines (one per period: 60 x 5 s = 5 minutes).
@@ -37,6 +37,7 @@ class Live:
     snapshot: Snapshot | None = None
     history: deque[Point] = field(default_factory=lambda: deque(maxlen=HISTORY))
     reads: int = 0
+    limit: CountLimit = field(default_factory=CountLimit)
     _read_at: float = -float("inf")
     _lock: asyncio.Lock | None = None
 
@@ -49,12 +50,13 @@ class Live:
         async with self._lock:  # one read at a time; who waited for it takes its result
             if self._fresh() and self.snapshot is not None:
                 return self.snapshot
-            started = time.monotonic()
-            stats = await self.backend.stats()
+            started, limit = time.monotonic(), self.limit.value
+            stats = await self.backend.stats(limit)
             workers = await self.backend.workers()
             finished = time.monotonic()
             self.reads += 1
-            snapshot = Snapshot(stats, workers, time.time(), finished - started)
+            self.limit.after(finished - started, any(s.estimated for s in stats.values()))
+            snapshot = Snapshot(stats, workers, time.time(), finished - started, limit)
             self._remember(snapshot)
             self.snapshot, self._read_at = snapshot, finished
             return snapshot

@@ -82,7 +82,7 @@ def test_topic_locks_and_buffers_pass_over_paused_topics(queue: Queue) -> None:
     queue.put_many([b"a"] * 5, "big")
     queue.put(b"b", "small")
     queue.pause("big")
-    lock = queue.acquire_topic()  # the most ready topic is paused: the other one
+    lock = queue.acquire_topic()  # the first topic by name is paused: the other one
     assert lock is not None
     assert lock.topic == "small"
     lock.release()

@@ -1,4 +1,4 @@
-"""Topic locks: one holder per topic at a time, most ready topic first, fenced by a token.
+"""Topic locks: one holder per topic at a time, taken round robin by name, fenced by a token.
 
 The exclusivity test runs this file as a script in child processes (see ``_child``): each one
 acquires, holds and releases locks in a loop and reports the interval it held each one for.
@@ -71,24 +71,37 @@ def rival(make_queue: Callable[..., Queue], db_url: str, prefix: str) -> Iterato
 # -- granting ------------------------------------------------------------------------------------
 
 
-def test_acquire_locks_the_topic_with_the_most_ready_messages(queue: Queue) -> None:
-    _fill(queue, {"few": 1, "most": 3, "some": 2})
+def test_acquire_locks_the_first_free_topic_by_name(queue: Queue) -> None:
+    _fill(queue, {"most": 3, "few": 1, "some": 2})
     lock = _acquired(queue)
-    assert (lock.topic, lock.queue) == ("most", queue)
+    assert (lock.topic, lock.queue) == ("few", queue)
     assert isinstance(lock.token, int)
-    assert _lock_rows(queue) == {"most": lock.token}
+    assert _lock_rows(queue) == {"few": lock.token}
 
 
 def test_each_acquire_takes_the_next_free_topic_then_none(queue: Queue) -> None:
-    _fill(queue, {"few": 1, "most": 3, "some": 2})
+    _fill(queue, {"most": 3, "few": 1, "some": 2})
     topics = [_acquired(queue).topic for _ in range(3)]
-    assert topics == ["most", "some", "few"]
+    assert topics == ["few", "most", "some"]
     assert queue.acquire_topic() is None
 
 
-def test_ties_are_broken_by_topic_name(queue: Queue) -> None:
-    _fill(queue, {"b": 2, "a": 2, "c": 2})
-    assert [_acquired(queue).topic for _ in range(3)] == ["a", "b", "c"]
+def test_acquire_goes_round_from_the_topic_acquired_last(queue: Queue) -> None:
+    _fill(queue, {"b": 1, "a": 5, "c": 2})
+    taken = []
+    for _ in range(5):
+        lock = _acquired(queue)
+        taken.append(lock.topic)
+        lock.release()
+    assert taken == ["a", "b", "c", "a", "b"], "round robin, whatever each topic holds"
+
+
+def test_each_queue_object_goes_round_on_its_own(queue: Queue, rival: Queue) -> None:
+    _fill(queue, {"a": 1, "b": 1})
+    first = _acquired(queue)
+    first.release()
+    assert _acquired(rival).topic == "a", "the rival has acquired nothing yet"
+    assert _acquired(queue).topic == "b"
 
 
 def test_locks_held_by_another_consumer_are_skipped(queue: Queue, rival: Queue) -> None:
@@ -107,11 +120,13 @@ def test_acquire_returns_none_without_ready_messages(queue: Queue) -> None:
     assert queue.acquire_topic() is None, "delayed and leased messages are not ready"
 
 
-def test_only_ready_messages_count_towards_the_choice(queue: Queue) -> None:
-    queue.put_many([b"d"] * 5, "delayed", delay=60)
-    queue.put(b"r", "delayed")
-    queue.put_many([b"r"] * 2, "ready")
-    assert [_acquired(queue).topic for _ in range(2)] == ["ready", "delayed"]
+def test_only_topics_with_a_ready_message_are_candidates(queue: Queue) -> None:
+    queue.put_many([b"d"] * 5, "a-delayed", delay=60)
+    queue.put(b"r", "b-delayed-and-ready", delay=60)
+    queue.put(b"r", "b-delayed-and-ready")
+    queue.put(b"r", "c-ready")
+    assert [_acquired(queue).topic for _ in range(2)] == ["b-delayed-and-ready", "c-ready"]
+    assert queue.acquire_topic() is None
 
 
 def test_due_waiting_messages_are_ready(queue: Queue) -> None:

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from squeal import Queue
+from squeal.snapshot import CountLimit
 from squeal.web import app
 from squeal.web.payloads import HEX_BYTES, PREVIEW_BYTES, preview
 from tests.web.serving import served
@@ -196,6 +197,21 @@ def test_metrics_equal_stats_and_share_the_pages_reads(q: Queue) -> None:
         for state in ("ready", "delayed", "leased", "dead")
     }
     assert found == expected
+
+
+def test_counts_over_the_limit_are_marked_as_lower_bounds(q: Queue) -> None:
+    q.put_many([b"x"] * 3, "big")
+    q.put(b"x", "small")
+    application = app(q, token=TOKEN, cache=0, count_limit=CountLimit(value=2, most=2))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with served(application) as url, httpx.Client(base_url=url) as c:
+        overview = c.get("/", headers=bearer).text
+        topic = c.get("/topic", params={"name": "big"}, headers=bearer).text
+    assert 'data-field="ready">2<span class="bound"' in overview
+    assert 'data-field="ready">1<' in overview
+    assert '<p class="note" id="estimated-note">' in overview, "the note is shown"
+    assert '<span id="count-limit">2</span>' in overview
+    assert '<dd>2<span class="bound"' in topic
 
 
 def test_mounted_under_a_path_every_link_stays_under_it(q: Queue) -> None:

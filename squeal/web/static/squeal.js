@@ -64,7 +64,15 @@ function update(base, data) {
       body.appendChild(tr);
     }
     for (const field of ["ready", "delayed", "leased", "dead"]) {
-      tr.querySelector(`[data-field="${field}"]`).textContent = String(t[field]);
+      const td = tr.querySelector(`[data-field="${field}"]`);
+      td.textContent = String(t[field]);
+      if (t.estimated) {
+        const bound = document.createElement("span");
+        bound.className = "bound";
+        bound.title = "at least: the topic holds more than the count limit in some state";
+        bound.textContent = "+";
+        td.appendChild(bound);
+      }
     }
     tr.querySelector('[data-field="oldest"]').textContent = age(t.oldest);
     tr.querySelector("polyline").setAttribute("points", sparkPoints(t.series));
@@ -85,6 +93,9 @@ function update(base, data) {
   set("workers", String(data.workers));
   set("in-flight", String(data.in_flight));
   set("rate", data.rates.length ? data.rates[data.rates.length - 1].toFixed(1) : "–");
+  set("count-limit", String(data.limit));
+  const note = document.getElementById("estimated-note");
+  if (note) note.hidden = !Object.values(data.topics).some((t) => t.estimated);
   const wide = document.querySelector(".summary polyline");
   if (wide) wide.setAttribute("points", sparkPoints(data.rates));
 }
