@@ -129,8 +129,9 @@ def stamped(topic: str, headers: object) -> object:
     return out
 
 
-def handling(message: Handled) -> AbstractContextManager[None]:
-    """The context to run a worker's handler of ``message`` in: every observer's."""
+def handling(message: Handled) -> AbstractContextManager[Any]:
+    """The context to run a worker's handler of ``message`` in: every observer's, entered
+    now and exited with the block."""
     observers = _registered.now
     if not observers:
         return _NOTHING
@@ -139,17 +140,12 @@ def handling(message: Handled) -> AbstractContextManager[None]:
         context = observer.handling(message)
         if context is not None:
             stack.enter_context(context)
-    return _Entered(stack)
+    return stack
 
 
-class _Entered(AbstractContextManager[None]):
-    """Contexts entered already (by :func:`handling`), exited with the block."""
-
-    def __init__(self, stack: ExitStack) -> None:
-        self._stack = stack
-
-    def __exit__(self, *exc: Any) -> bool | None:
-        return self._stack.__exit__(*exc)
+def active() -> bool:
+    """Whether any observer is installed (skip measuring for none)."""
+    return bool(_registered.now)
 
 
 _NOTHING = nullcontext()
@@ -174,6 +170,7 @@ __all__ = [
     "RELEASED",
     "Handled",
     "Observer",
+    "active",
     "add_observer",
     "claimed",
     "handled",

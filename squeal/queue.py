@@ -523,7 +523,8 @@ class Queue:
             # Short without sweeping: sweep now for the rest (squeal.claim_scope).
             _, more, _ = self._claim_in_scope(topic, limit - len(rows), vt_ms, token)
             rows = in_claim_order([*rows, *more])
-        observe.claimed(topic, len(rows), time.monotonic() - started)
+        if observe.active():
+            observe.claimed(topic, len(rows), time.monotonic() - started)
         settler = self._settler
         messages = [
             Message(
