@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ BRANCH_LABEL = "squeal"
 #: The migrations, inside the package (``squeal:_migrations`` to Alembic) in a wheel, an
 #: editable install and a source checkout alike.
 _PACKAGED = Path(__file__).resolve().parent / "_migrations"
+#: Alembic keeps the running migration's context in module globals: two threads of one process
+#: migrating at once (two prefixes, or two nodes of a cluster) would run in each other's. So
+#: Alembic runs one command at a time per process (taken after the database's migration lock).
+_ALEMBIC = threading.Lock()
 
 
 def script_location() -> Path:
@@ -125,7 +130,8 @@ def upgrade(
             before = found.revision
             if _ahead(found, prefix, "upgrade"):
                 return before
-            command.upgrade(config(prefix, schema=schema, connection=conn), revision)
+            with _ALEMBIC:
+                command.upgrade(config(prefix, schema=schema, connection=conn), revision)
     with engine.connect() as conn:
         strategy.after_migrate(conn)
         conn.commit()
@@ -157,7 +163,8 @@ def downgrade(
                 f"squeal's tables for prefix {prefix!r} are at revision {before}, which this "
                 f"squeal does not know: downgrade them with the squeal version that migrated them"
             )
-        command.downgrade(config(prefix, schema=schema, connection=conn), revision)
+        with _ALEMBIC:
+            command.downgrade(config(prefix, schema=schema, connection=conn), revision)
         if drop_version_table and revision == "base":
             version = sa.Table(version_table(prefix), sa.MetaData(schema=schema))
             version.drop(conn, checkfirst=True)
@@ -260,7 +267,8 @@ def sql(
     )
     _scripts()
     out = io.StringIO()
-    command.upgrade(config(prefix, schema=schema, url=url, output=out), revision, sql=True)
+    with _ALEMBIC:
+        command.upgrade(config(prefix, schema=schema, url=url, output=out), revision, sql=True)
     return out.getvalue()
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,34 @@ def test_create_then_destroy_leaves_no_table_of_the_prefix(engine: sa.Engine, pr
     q.put(b"x", "t")
     q.destroy()
     assert prefix_tables(engine, prefix) == set()
+
+
+def test_threads_of_one_process_migrating_two_prefixes_at_once_both_succeed(
+    engine: sa.Engine, prefix: str
+) -> None:
+    # Alembic's context is process-global: before squeal ran one command at a time, two
+    # threads ran in each other's context (KeyError: 'script').
+    prefixes = [f"{prefix}a", f"{prefix}b", f"{prefix}c"]
+    failures: list[BaseException] = []
+
+    def create(name: str) -> None:
+        try:
+            Queue(engine, prefix=name).create()
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=create, args=(name,)) for name in prefixes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        assert failures == []
+        for name in prefixes:
+            assert migrate.current(engine, prefix=name) == SCHEMA_REVISION
+    finally:
+        for name in prefixes:
+            Queue(engine, prefix=name).destroy()
 
 
 @pytest.mark.usefixtures("drop_tables")
