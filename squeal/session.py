@@ -143,14 +143,14 @@ class Session:
     ) -> T:
         if self._bridged:
             usable_here(self.engine, instead=_ASYNC_QUEUE)
-        if not self._schema_ok:
-            self._check_schema()
         deadline = 0.0
         pause = 0.002
         reconnects = 0
         while True:
             failure: DatabaseError | None = None
             try:
+                if not self._schema_ok:
+                    self._check_schema()
                 if stash is None:
                     return self._through_engine(work, atomic=atomic, commit_on=commit_on)
                 return self._on_link(work, stash, atomic=atomic, commit_on=commit_on)
@@ -256,11 +256,15 @@ class Session:
     # -- schema ---------------------------------------------------------------------------------
 
     def _check_schema(self) -> None:
+        """The first use's look at the tables. A driver error is raised as it is, for the
+        caller's retry loop (a server restarting, a cluster node not ready yet)."""
         try:
             with self.engine.connect() as conn:
                 self._ensure_schema(conn)
                 conn.rollback()
             return
+        except self._driver_errors():
+            raise
         except sa.exc.SQLAlchemyError as error:
             failure = wrap(error, "squeal (checking its tables)")
         raise failure

@@ -825,6 +825,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--only", action="append", choices=ROWS, help="run only this row (repeatable)"
     )
+    group.add_argument(
+        "--galera",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="measure squeal on a private 3-node MariaDB Galera cluster, by topology, SECONDS "
+        "per topology (needs mariadbd, galera-4 and rsync; docs/scaling.md)",
+    )
     soak = parser.add_argument_group("soak options (docs/operations.md)")
     soak.add_argument(
         "--soak",
@@ -896,6 +904,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"squeal bench: invalid --prefix: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "galera", None) is not None:
+        from squeal.cli import bench_galera
+
+        return bench_galera.run(args.galera, args.json)
     if getattr(args, "soak", None) is not None:
         from squeal.cli import soak
 

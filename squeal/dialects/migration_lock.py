@@ -8,18 +8,25 @@ PostgreSQL and MariaDB/MySQL take a session-level named lock (an advisory lock, 
 before the migration's transaction and release it after the commit, because MariaDB commits
 DDL implicitly and the version row must be visible before the next migrator looks. SQLite has
 no named locks: its migration transaction starts with ``BEGIN IMMEDIATE``, the file's write lock.
+
+A MariaDB Galera cluster does not replicate ``GET_LOCK`` (it locks one node only), so there the
+lock is a row of ``squeal_migration_lock``, taken by a committed write: Galera certifies
+concurrent writes of one row in one order for the whole cluster, so one migrator wins.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import sqlalchemy as sa
 
+from squeal.drivers import driver_for
+from squeal.drivers.base import Code
 from squeal.errors import DatabaseBusy
 
 #: How long a migration waits for another migration of the same prefix to finish.
@@ -90,7 +97,16 @@ class MySQLMigrationLock(MigrationLock):
             return self.name
         return "squeal.migrate." + hashlib.sha256(self.name.encode()).hexdigest()[:40]
 
+    def __init__(self, prefix: str, schema: str | None = None) -> None:
+        super().__init__(prefix, schema)
+        self._schema = schema
+        self._cluster: GaleraMigrationLock | None = None
+
     def acquire(self, conn: sa.Connection, deadline: float) -> None:
+        if galera(conn):
+            self._cluster = GaleraMigrationLock(self.name, self._schema)
+            self._cluster.acquire(conn, deadline)
+            return
         seconds = max(1, int(deadline - time.monotonic()))
         got = conn.execute(
             sa.text("SELECT GET_LOCK(:name, :seconds)"),
@@ -101,8 +117,110 @@ class MySQLMigrationLock(MigrationLock):
             raise self.timed_out()
 
     def release(self, conn: sa.Connection) -> None:
+        if self._cluster is not None:
+            self._cluster.release(conn)
+            return
         conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.lock_name})
         conn.commit()
+
+
+def galera(conn: sa.Connection) -> bool:
+    """Whether ``conn``'s server is a node of a Galera cluster (``wsrep_on``)."""
+    row = conn.execute(sa.text("SHOW VARIABLES LIKE 'wsrep_on'")).first()
+    conn.commit()
+    return row is not None and str(row[1]).upper() == "ON"
+
+
+#: Errors of a lock write that lost to another node's (certification failure), or that ran on
+#: a node not yet synced with the cluster: try again.
+_LOST_RACE: frozenset[Code] = frozenset({1047, 1062, 1205, 1213})
+
+
+class GaleraMigrationLock:
+    """A lease row of ``squeal_migration_lock`` (name, token, expires_at), one per migration.
+
+    A migrator reads the row (waiting for the cluster's earlier commits: ``wsrep_sync_wait``);
+    if there is none it inserts it, if its lease ran out it takes it over, and commits. Two
+    nodes racing write the same primary key: Galera certifies one and aborts the other (1213),
+    which reads again and waits. Waiting migrators only read, so the holder's release (a
+    delete, retried if it loses a race all the same) does not conflict with them. The lease lasts
+    as long as a migration may wait for the lock: a migrator killed mid-way blocks the next
+    for at most that long (or until its row is deleted by hand).
+    """
+
+    label = "row (Galera)"
+    table_name = "squeal_migration_lock"
+
+    def __init__(self, name: str, schema: str | None) -> None:
+        self.name = name
+        self.schema = schema
+        self.token = secrets.randbits(62)
+
+    def _table(self, conn: sa.Connection) -> str:
+        quote = conn.dialect.identifier_preparer.quote
+        table = quote(self.table_name)
+        return table if self.schema is None else f"{quote(self.schema)}.{table}"
+
+    def acquire(self, conn: sa.Connection, deadline: float) -> None:
+        table = self._table(conn)
+        conn.exec_driver_sql("SET SESSION wsrep_sync_wait = 1")
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {table} (name VARCHAR(255) NOT NULL PRIMARY KEY, "
+            "token BIGINT NOT NULL, expires_at DATETIME(6) NOT NULL) ENGINE=InnoDB"
+        )
+        conn.commit()
+        expiry = "UTC_TIMESTAMP(6) + INTERVAL :seconds SECOND"
+        holder = sa.text(f"SELECT expires_at < UTC_TIMESTAMP(6) FROM {table} WHERE name = :name")
+        insert = sa.text(
+            f"INSERT INTO {table} (name, token, expires_at) VALUES (:name, :token, {expiry})"
+        )
+        take_over = sa.text(
+            f"UPDATE {table} SET token = :token, expires_at = {expiry} "
+            "WHERE name = :name AND expires_at < UTC_TIMESTAMP(6)"
+        )
+        params = {"name": self.name, "token": self.token, "seconds": int(MIGRATION_LOCK_SECONDS)}
+
+        def taken() -> bool:
+            # Only a free or run-out lock is written to: waiting migrators read (their writes
+            # would conflict with the holder's release).
+            row = conn.execute(holder, params).first()
+            if row is not None and not row[0]:
+                conn.commit()
+                return False
+            step = insert if row is None else take_over
+            return self._committed(conn, lambda: conn.execute(step, params).rowcount == 1)
+
+        _poll(taken, deadline, self)
+
+    def release(self, conn: sa.Connection) -> None:
+        delete = sa.text(f"DELETE FROM {self._table(conn)} WHERE name = :name AND token = :token")
+        params = {"name": self.name, "token": self.token}
+        deadline = time.monotonic() + MIGRATION_LOCK_SECONDS
+        _poll(
+            lambda: self._committed(conn, lambda: conn.execute(delete, params) is not None),
+            deadline,
+            self,
+        )
+
+    def _committed(self, conn: sa.Connection, write: Callable[[], bool]) -> bool:
+        """Run ``write`` and commit; False if another node's write won (or the row is there)."""
+        code = driver_for(conn.dialect).code
+        try:
+            done = write()
+            conn.commit()
+        except sa.exc.DBAPIError as error:
+            conn.rollback()
+            if code(error.orig or error) in _LOST_RACE:
+                return False
+            raise
+        return done
+
+    def timed_out(self) -> DatabaseBusy:
+        return DatabaseBusy(
+            f"another migration held the Galera migration lock {self.name!r} (a row of "
+            f"{self.table_name}) for more than {MIGRATION_LOCK_SECONDS:.0f}s; try again later",
+            retryable=True,
+        )
 
 
 class SQLiteMigrationLock(MigrationLock):
@@ -152,7 +270,11 @@ def locked_transaction(
     lock.release(conn)
 
 
-def _poll(attempt: Callable[[], bool], deadline: float, lock: MigrationLock) -> None:
+class _Waits(Protocol):
+    def timed_out(self) -> DatabaseBusy: ...
+
+
+def _poll(attempt: Callable[[], bool], deadline: float, lock: _Waits) -> None:
     """Call ``attempt`` until it returns True, backing off; DatabaseBusy at the deadline."""
     pause = _POLL_SECONDS[0]
     while not attempt():

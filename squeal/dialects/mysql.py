@@ -50,8 +50,11 @@ _LOCK_TIMEOUTS = (
 )
 #: Room for the statement around a payload.
 _STATEMENT_MARGIN = 16 * 1024
-#: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
-_RETRYABLE_ERRORS = frozenset({1205, 1213})
+#: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK (on Galera also a write set that failed
+#: certification: another node's transaction wrote the same row first), and Galera's "WSREP has
+#: not yet prepared node for application use" (1047: the node is joining, or lost quorum; a
+#: plain server never sends it for squeal's statements).
+_RETRYABLE_ERRORS = frozenset({1047, 1205, 1213})
 #: Client errors of a lost connection that SQLAlchemy does not always recognise: server gone
 #: (2006), lost during a query (2013), lost (2055), and MariaDB Connector/C's read/write
 #: errors on a closed socket (5013, 5014).
