@@ -23,11 +23,16 @@ class PayloadTooLarge(ValidationError):
 
 
 class LeaseLost(SquealError):
-    """The message's lease was taken over by another consumer, or the message is gone."""
+    """The message's lease was taken over by another consumer, or the message is gone.
 
-    def __init__(self, message: str | None = None, *, message_id: int | None = None) -> None:
+    ``lost``: how many of the messages settled at once had lost their leases (1 for one)."""
+
+    def __init__(
+        self, message: str | None = None, *, message_id: int | None = None, lost: int = 1
+    ) -> None:
         super().__init__(message)
         self.message_id = message_id
+        self.lost = lost
 
 
 class AlreadySettled(SquealError, RuntimeError):

@@ -602,8 +602,9 @@ class Queue:
         """Ack several messages in one transaction (see :meth:`Message.ack`).
 
         Raises:
-            LeaseLost: some leases were lost; the others are acked (``message_id`` names the
-                first lost one). With ``connection=``, roll back to undo them all.
+            LeaseLost: some leases were lost; the others are acked (``lost`` counts them,
+                ``message_id`` names the first of the batch). With ``connection=``, roll back
+                to undo them all.
         """
         conn = check.connection(connection)
         batch = _unsettled(messages)
@@ -656,6 +657,7 @@ class Queue:
                 raise LeaseLost(
                     f"lost the lease of {len(messages) - done} of {len(messages)} messages",
                     message_id=messages[0].id,
+                    lost=len(messages) - done,
                 )
 
         try:
@@ -730,6 +732,7 @@ class Queue:
                     f"lost the lease of {len(lost)} of {len(messages)} message(s), "
                     f"first id {lost[0].id}",
                     message_id=lost[0].id,
+                    lost=len(lost),
                 )
 
         try:

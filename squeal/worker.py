@@ -25,13 +25,15 @@ import math
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from squeal import observe
 from squeal import validation as check
+from squeal.completer import Completer, InFlight, log_failure, nacked
 from squeal.errors import (
     InvalidType,
     LeaseLost,
@@ -40,7 +42,6 @@ from squeal.errors import (
     UnsupportedDatabase,
     ValidationError,
 )
-from squeal.log import Leased
 from squeal.message import Message
 from squeal.queue import Queue
 from squeal.registry import BEAT, Counts, Presence
@@ -56,15 +57,12 @@ FATAL = (SchemaError, UnsupportedDatabase)
 CLAIM_RETRY = (1.0, 30.0)
 #: Seconds a stopping worker waits for a registry beat under way before deleting its row.
 LEAVE_WAIT = 5.0
-
-
-@dataclass
-class _InFlight:
-    message: Message
-    #: ``time.monotonic()`` at which the heartbeat extends the lease next.
-    renew_at: float
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    done: bool = False  # settled by its handler thread, or released at shutdown
+#: Messages claimed ahead per handler by default (``prefetch``).
+PREFETCH_PER_HANDLER = 4
+#: Default seconds a handled message's ack waits to share a commit with others.
+SETTLE_EVERY = 0.005
+#: Settlements committed together at most.
+SETTLE_BATCH = 200
 
 
 @dataclass
@@ -91,6 +89,10 @@ class WorkerSettings:
     heartbeat: float
     #: Seconds between the worker's beats in the registry (None: not registered).
     registry_beat: float | None
+    #: Messages claimed ahead of the handlers, beyond those running.
+    prefetch: int
+    #: Seconds a handled message's settlement waits at most to share a commit.
+    settle_every: float
 
     @classmethod
     def checked(
@@ -103,15 +105,18 @@ class WorkerSettings:
         heartbeat: float | None,
         visibility_timeout: float,
         registry_beat: float | None = BEAT,
+        prefetch: int | None = None,
+        settle_every: float = SETTLE_EVERY,
     ) -> WorkerSettings:
         """The settings, or ValidationError / InvalidType naming the bad option."""
         names = [topics] if isinstance(topics, str) else list(topics)
         checked_topics = [check.text(t, "topic") for t in names]
         if not checked_topics:
             raise ValidationError("a worker needs at least one topic")
+        concurrency = check.count(concurrency, "concurrency", maximum=1000)
         return cls(
             topics=checked_topics,
-            concurrency=check.count(concurrency, "concurrency", maximum=1000),
+            concurrency=concurrency,
             wait=check.seconds(wait, "wait"),
             grace_period=check.seconds(grace_period, "grace_period"),
             heartbeat=(
@@ -124,7 +129,23 @@ class WorkerSettings:
                 if registry_beat is None
                 else check.seconds(registry_beat, "registry_beat", positive=True)
             ),
+            prefetch=(
+                PREFETCH_PER_HANDLER * concurrency
+                if prefetch is None
+                else check.count(prefetch, "prefetch", minimum=0, maximum=10_000)
+            ),
+            settle_every=check.seconds(settle_every, "settle_every"),
         )
+
+    def claimable(self, unhandled: int, waiting: int) -> int:
+        """How many messages to claim now, with ``unhandled`` claimed and not handled yet, of
+        which ``waiting`` no handler started (0: none yet). Claims wait until half of the
+        handlers + prefetch is free, so that they come in batches; a worker whose handlers
+        would go idle claims whatever is free."""
+        free = self.concurrency + self.prefetch - unhandled
+        if free < 1 or (waiting and free < max(1, (self.concurrency + self.prefetch) // 2)):
+            return 0
+        return free
 
     def claim_wait(self) -> float:
         """How long one claim waits: with several topics, a long wait on one would starve
@@ -140,8 +161,14 @@ class Worker:
         handler: ``handler(message)``, or ``handler(message, connection)`` with
             ``ack_in_transaction``.
         topics: one topic name or several (served in turn).
-        concurrency: handler threads; claims are batched to the free threads.
+        concurrency: handler threads.
         wait: seconds a claim waits for messages when idle.
+        prefetch: messages claimed ahead of the handlers, beyond the running ones (default:
+            4 per handler; 0: claim only for idle handlers). Their leases are extended while
+            they wait, and a stop releases them at once.
+        settle_every: seconds a handled message's ack (or nack) waits at most to share one
+            commit with others (up to 200 at once); until it commits the message stays
+            leased to this worker, so a crash before then redelivers it, never loses it.
         grace_period: seconds in-flight handlers get to finish after a stop.
         heartbeat: seconds between lease extensions (default: a third of the lease).
         ack_in_transaction: run handler and ack in one transaction on the queue's engine.
@@ -168,6 +195,8 @@ class Worker:
         ack_in_transaction: bool = False,
         run_schedules: bool = True,
         registry_beat: float | None = BEAT,
+        prefetch: int | None = None,
+        settle_every: float = SETTLE_EVERY,
     ) -> None:
         self.queue = queue
         self.ack_in_transaction = bool(ack_in_transaction)
@@ -181,18 +210,28 @@ class Worker:
             heartbeat=heartbeat,
             visibility_timeout=queue.visibility_timeout,
             registry_beat=registry_beat,
+            prefetch=prefetch,
+            settle_every=settle_every,
         )
         self.topics = settings.topics
         self.concurrency = settings.concurrency
         self.wait = settings.wait
         self.grace_period = settings.grace_period
         self.heartbeat = settings.heartbeat
+        self.prefetch = settings.prefetch
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._free = threading.Semaphore(self.concurrency)
-        self._in_flight: dict[int, _InFlight] = {}
+        #: Claimed and not started, oldest first; ``_changed`` tells of any change to it or
+        #: to ``_unhandled`` (claimed and not handled yet: waiting or running).
+        self._waiting: deque[InFlight] = deque()
+        self._unhandled = 0
+        self._changed = threading.Condition(self._lock)
+        self._in_flight: dict[int, InFlight] = {}  # claimed and not settled
         self._arrived = threading.Event()  # wakes the heartbeat for a new in-flight message
+        self._completer = Completer(
+            queue, self._finished, every=settings.settle_every, batch=SETTLE_BATCH
+        )
         self._fatal: SquealError | None = None
 
     # -- control --------------------------------------------------------------------------------
@@ -200,6 +239,8 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop: no new claims; ``run`` returns after the grace period."""
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     @property
     def stopping(self) -> bool:
@@ -222,6 +263,16 @@ class Worker:
                 restore[sig] = signal.signal(sig, self._on_signal)
         beat = threading.Thread(target=self._heartbeats, name="squeal-heartbeat", daemon=True)
         beat.start()
+        completer = threading.Thread(
+            target=self._completer.run, name="squeal-completer", daemon=True
+        )
+        completer.start()
+        handlers = [
+            threading.Thread(target=self._handling, name=f"squeal-handler-{n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for thread in handlers:
+            thread.start()
         if self.run_schedules:
             threading.Thread(target=self._schedules, name="squeal-schedules", daemon=True).start()
         presence = self._presence()
@@ -234,9 +285,12 @@ class Worker:
             beats.start()
         try:
             self._consume()
+            self._completer.hurry()
             self._drain()
         finally:
-            self._stop.set()
+            self.stop()
+            self._completer.close()
+            completer.join(LEAVE_WAIT)
             self._arrived.set()
             finished.set()
             for sig, previous in restore.items():
@@ -271,7 +325,7 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("squeal worker: %s received, stopping", signal.Signals(signum).name)
-        self._stop.set()
+        self._stop.set()  # not stop(): a signal handler must not wait for the lock
 
     # -- the claim loop -------------------------------------------------------------------------
 
@@ -279,59 +333,62 @@ class Worker:
         turn = 0
         retry = CLAIM_RETRY[0]
         while not self._stop.is_set():
-            if not self._free.acquire(timeout=0.2):
-                continue
-            free = 1
-            while free < self.concurrency and self._free.acquire(blocking=False):
-                free += 1
+            with self._changed:
+                free = self._settings.claimable(self._unhandled, len(self._waiting))
+                if not free:
+                    self._changed.wait(0.2)
+                    continue
             topic = self.topics[turn % len(self.topics)]
             turn += 1
-            # With several topics, a long wait on one would starve the others.
-            wait = self._settings.claim_wait()
             # Before the claim: the leases it grants run out no sooner than vt after this.
             asked = time.monotonic()
             try:
-                messages = (
-                    [] if self._stop.is_set() else self.queue.get_many(topic, free, wait=wait)
-                )
+                messages = self.queue.get_many(topic, free, wait=self._settings.claim_wait())
             except FATAL as error:
                 log.error("squeal worker: stopping: %s", error)
                 self._fatal = error
-                self._stop.set()
-                messages = []
+                self.stop()
+                break
             except SquealError as error:
                 log.warning(
                     "squeal worker: claim on %r failed (next try in %.0fs): %s", topic, retry, error
                 )
-                messages = []
                 self._stop.wait(retry)
                 retry = min(retry * 2, CLAIM_RETRY[1])
-            else:
-                retry = CLAIM_RETRY[0]
-            for _ in range(free - len(messages)):
-                self._free.release()
-            for msg in messages:
-                if self._stop.is_set():
-                    self._give_back(msg)
-                    self._free.release()
+                continue
+            retry = CLAIM_RETRY[0]
+            if not messages:
+                continue
+            entries = [InFlight(msg, asked + self.heartbeat) for msg in messages]
+            with self._changed:
+                for entry in entries:
+                    self._in_flight[entry.message.id] = entry
+                self._waiting.extend(entries)
+                self._unhandled += len(entries)
+                self._changed.notify_all()
+            self._arrived.set()
+        self._give_back_waiting()
+
+    def _give_back_waiting(self) -> None:
+        """At a stop: release the messages no handler started, so they are redelivered now."""
+        with self._changed:
+            left = list(self._waiting)
+            self._waiting.clear()
+            self._unhandled -= len(left)
+        for entry in left:
+            with entry.lock:
+                if entry.done:
                     continue
-                entry = _InFlight(msg, asked + self.heartbeat)
-                with self._lock:
-                    self._in_flight[msg.id] = entry
-                self._arrived.set()
-                threading.Thread(
-                    target=self._handle, args=(entry,), name=f"squeal-{msg.id}", daemon=True
-                ).start()
+                entry.done = True
+            self._give_back(entry.message)
+            self._finished([entry])
 
     def _drain(self) -> None:
         """Let in-flight handlers finish within the grace period; release the rest."""
         deadline = time.monotonic() + self.grace_period
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._in_flight:
-                    return
-            time.sleep(0.05)
-        with self._lock:
+        with self._changed:
+            while self._in_flight and time.monotonic() < deadline:
+                self._changed.wait(min(0.05, max(deadline - time.monotonic(), 0)))
             left = list(self._in_flight.values())
         for entry in left:
             with entry.lock:
@@ -353,28 +410,40 @@ class Worker:
         except SquealError as error:
             log.warning("squeal worker: could not release message %d: %s", msg.id, error)
 
-    # -- one message ----------------------------------------------------------------------------
+    # -- handler threads ------------------------------------------------------------------------
 
-    def _handle(self, entry: _InFlight) -> None:
+    def _handling(self) -> None:
+        """A handler thread: run the next waiting message's handler, until the stop."""
+        while True:
+            with self._changed:
+                while not self._waiting:
+                    if self._stop.is_set():
+                        return
+                    self._changed.wait(0.2)
+                entry = self._waiting.popleft()
+            try:
+                self._handle(entry)
+            finally:
+                with self._changed:
+                    self._unhandled -= 1
+                    self._changed.notify_all()
+
+    def _handle(self, entry: InFlight) -> None:
         msg = entry.message
         started = time.monotonic()
         try:
             if self.ack_in_transaction:
                 self._handle_in_transaction(entry)
-            else:
-                with observe.handling(msg):
-                    self.handler(msg)
-                observe.handled(msg.topic, time.monotonic() - started, failed=False)
-                self._settle(entry, ok=True)
+                return
+            with observe.handling(msg):
+                self.handler(msg)
+            observe.handled(msg.topic, time.monotonic() - started, failed=False)
         except Exception as error:
             observe.handled(msg.topic, time.monotonic() - started, failed=True)
-            self._settle(entry, ok=False, error=error)
-        finally:
-            with self._lock:
-                self._in_flight.pop(msg.id, None)
-            self._free.release()
+            entry.error = error
+        self._completer.add(entry)
 
-    def _handle_in_transaction(self, entry: _InFlight) -> None:
+    def _handle_in_transaction(self, entry: InFlight) -> None:
         with self.queue.engine.begin() as conn:
             started = time.monotonic()
             with observe.handling(entry.message):
@@ -385,31 +454,17 @@ class Worker:
                     raise RuntimeError("released at shutdown before the handler finished")
                 entry.message.ack(connection=conn)
                 entry.done = True
-        self.stats.acked += 1
+        self._finished([entry], acked=1)
 
-    def _settle(self, entry: _InFlight, *, ok: bool, error: Exception | None = None) -> None:
-        with entry.lock:
-            if entry.done:
-                if error is not None:
-                    log_failure(
-                        entry.message, error, "it was released at shutdown", logging.WARNING
-                    )
-                return
-            entry.done = True
-            try:
-                if ok:
-                    entry.message.ack()
-                    self.stats.acked += 1
-                else:
-                    entry.message.nack(error=error)
-                    self.stats.failed += 1
-            except SquealError as settling:
-                if error is not None:
-                    log_failure(entry.message, error, "its nack failed", logging.WARNING)
-                log.warning("squeal worker: message %d: %s", entry.message.id, settling)
-                return
-        if error is not None:
-            nacked(entry.message, error, self.queue.max_attempts)
+    def _finished(self, entries: list[InFlight], acked: int = 0, failed: int = 0) -> None:
+        """``entries`` are out of flight: settled (``acked`` and ``failed`` of them: the
+        completer tells so), or released at a stop."""
+        with self._changed:
+            self.stats.acked += acked
+            self.stats.failed += failed
+            for entry in entries:
+                self._in_flight.pop(entry.message.id, None)
+            self._changed.notify_all()
 
     def _schedules(self) -> None:
         """Put the due schedules' messages, at most once a second per process."""
@@ -446,7 +501,7 @@ class Worker:
             if pause > 0:
                 self._arrived.wait(pause)
 
-    def _renew(self, entry: _InFlight) -> None:
+    def _renew(self, entry: InFlight) -> None:
         with entry.lock:
             if entry.done:
                 return
@@ -464,32 +519,6 @@ class Worker:
                 )
             else:
                 entry.renew_at = asked + self.heartbeat
-
-
-def nacked(msg: Leased, error: Exception, max_attempts: int | None) -> None:
-    """Log a handler's exception after its message was nacked: dead, or to be retried.
-    ``max_attempts`` is the queue's; the message's own (a put's) comes first."""
-    if msg.max_attempts is not None:
-        max_attempts = msg.max_attempts
-    if max_attempts is not None and msg.attempts >= max_attempts:
-        log_failure(msg, error, f"it is dead after {max_attempts} attempts", logging.ERROR)
-    else:
-        log_failure(msg, error, "it will be retried", logging.WARNING)
-
-
-def log_failure(msg: Leased, error: Exception, outcome: str, level: int) -> None:
-    """Log a handler's exception with its traceback (its text is the user's, not a payload)."""
-    log.log(
-        level,
-        "squeal worker: message %d of topic %r failed on attempt %d and %s: %s: %s",
-        msg.id,
-        msg.topic,
-        msg.attempts,
-        outcome,
-        type(error).__name__,
-        " ".join(str(error).split())[:200],
-        exc_info=error,
-    )
 
 
 def checked_handler(handler: Handler, in_transaction: bool) -> Handler:

@@ -187,6 +187,89 @@ def test_concurrency_claims_batches_for_free_threads(
     assert 1 < most[0] <= 4
 
 
+def test_prefetch_claims_ahead_within_its_bound_and_a_stop_releases_it_at_once(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    """One handler and ``prefetch=3``: four messages leased (one running, three waiting), the
+    rest left to other consumers; a stop gives the three back at once, not after the lease."""
+    q = make_queue()
+    rival = make_queue()
+    q.put_many([str(i).encode() for i in range(10)], "jobs")
+    hold = threading.Event()
+    started: list[int] = []
+
+    def handle(msg: Message) -> None:
+        started.append(msg.id)
+        hold.wait(30)
+
+    worker = Worker(q, handle, "jobs", prefetch=3, wait=0.1, grace_period=30)
+    thread = running(worker)
+    _wait_for(lambda: bool(started))
+    others = rival.get_many("jobs", 10)
+    assert len(others) == 6
+    rival.ack_many(others)
+    worker.stop()
+    back: list[Message] = []  # released by the stop, one by one, while one still runs
+    while len(back) < 3:
+        more = rival.get_many("jobs", 10, wait=10)
+        assert more, back
+        back += more
+    assert len(back) == 3
+    assert all(m.attempts == 1 for m in back)
+    rival.ack_many(back)
+    hold.set()
+    thread.join(timeout=30)
+    assert worker.stats.acked == 1
+    assert worker.stats.released == 3
+    assert started == started[:1]
+    assert q.stats() == {}
+    rival.close()
+
+
+def test_acks_wait_to_share_a_commit_and_a_stop_commits_them(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    """With ``settle_every=60`` handled messages stay leased (and counted in flight) until
+    the completer commits their acks, which a stop does at once."""
+    q = make_queue()
+    q.put_many([b"a", b"b", b"c"], "jobs")
+    handled: list[bytes] = []
+    worker = Worker(q, lambda msg: handled.append(msg.payload), "jobs", settle_every=60, wait=0.1)
+    thread = running(worker)
+    _wait_for(lambda: len(handled) == 3)
+    time.sleep(0.2)
+    assert worker.stats.acked == 0
+    assert q.stats()["jobs"].leased == 3
+    worker.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert worker.stats.acked == 3
+    assert q.stats() == {}
+
+
+def test_many_messages_of_a_one_message_handler_are_each_handled_once(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    """Claims ahead and batched acks lose nothing and settle nothing twice: 500 messages,
+    two workers of two handlers each, every message handled once and acked."""
+    q = make_queue()
+    other = make_queue()
+    q.put_many([str(i).encode() for i in range(500)], "jobs")
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def handle(msg: Message) -> None:
+        with lock:
+            seen.append(msg.payload)
+
+    workers = [Worker(queue, handle, "jobs", concurrency=2, wait=0.1) for queue in (q, other)]
+    for worker in workers:
+        running(worker)
+    _wait_for(lambda: sum(w.stats.acked for w in workers) == 500)
+    assert sorted(seen) == sorted(str(i).encode() for i in range(500))
+    assert q.stats() == {}
+
+
 def test_workers_put_due_schedules_at_most_once_a_second_per_process(
     make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
 ) -> None:
@@ -267,6 +350,34 @@ def test_killed_worker_process_message_is_redelivered(
     assert again.id == msg_id
     assert again.attempts == 2
     again.ack()
+
+
+def test_a_worker_killed_before_its_acks_committed_redelivers_the_messages(
+    make_queue: Callable[..., Queue], db_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """The cost of a crash between the handler's return and the flush: a redelivery."""
+    q = make_queue()
+    ids = [i for i in q.put_many([b"one", b"two"], "jobs") if i is not None]
+    out = tmp_path / "out.txt"
+    child = _worker_process(
+        db_url, prefix, out, 0, "--visibility-timeout", "1", "--settle-every", "60"
+    )
+    try:
+        _wait_for(lambda: {f"done {i}" for i in ids} <= set(_lines(out)))
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    again: list[Message] = []
+    while len(again) < 2:
+        more = q.get_many("jobs", 10, wait=10)
+        assert more, again
+        again += more
+    q.close()
+    assert sorted(m.id for m in again) == sorted(ids)
+    assert all(m.attempts == 2 for m in again)
 
 
 def test_sigterm_finishes_the_in_flight_message_within_the_grace_period(

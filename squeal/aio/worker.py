@@ -21,24 +21,27 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from squeal import observe
 from squeal.aio.bridge import run
-from squeal.aio.message import AsyncMessage
+from squeal.aio.message import AsyncMessage, sync_messages
 from squeal.aio.queue import AsyncQueue
+from squeal.completer import Completer, InFlight
 from squeal.errors import InvalidType, LeaseLost, SquealError
 from squeal.registry import BEAT, Presence
 from squeal.schedules import RUN_EVERY, schedules_failed, turn_to_run
 from squeal.worker import (
     CLAIM_RETRY,
     FATAL,
+    LEAVE_WAIT,
+    SETTLE_BATCH,
+    SETTLE_EVERY,
     WorkerSettings,
     WorkerStats,
     checked_handler,
-    log_failure,
-    nacked,
 )
 
 log = logging.getLogger("squeal.worker")
@@ -67,6 +70,8 @@ class AsyncWorker:
         ack_in_transaction: bool = False,
         run_schedules: bool = True,
         registry_beat: float | None = BEAT,
+        prefetch: int | None = None,
+        settle_every: float = SETTLE_EVERY,
     ) -> None:
         if not isinstance(queue, AsyncQueue):
             raise InvalidType(f"queue must be a squeal.aio AsyncQueue, not {type(queue).__name__}")
@@ -87,14 +92,21 @@ class AsyncWorker:
             heartbeat=heartbeat,
             visibility_timeout=queue.sync.visibility_timeout,
             registry_beat=registry_beat,
+            prefetch=prefetch,
+            settle_every=settle_every,
         )
         self.stats = WorkerStats()
         self._stop = asyncio.Event()
-        self._running: dict[asyncio.Task[None], AsyncMessage] = {}
+        self._changed = asyncio.Event()  # set at any change to the three below
+        self._waiting: deque[InFlight] = deque()  # claimed, not started
+        self._unhandled = 0  # claimed, not handled yet
+        self._in_flight: dict[int, InFlight] = {}  # claimed, not settled
+        self._beats: dict[int, asyncio.Task[None]] = {}  # a heartbeat per in-flight message
 
     def stop(self) -> None:
         """Ask the worker to stop: no new claims; ``run`` returns after the grace period."""
         self._stop.set()
+        self._changed.set()
 
     @property
     def stopping(self) -> bool:
@@ -115,6 +127,25 @@ class AsyncWorker:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     signals.append(sig)
+
+        def on_the_loop(flush: Callable[[list[InFlight]], bool], taken: list[InFlight]) -> bool:
+            return asyncio.run_coroutine_threadsafe(run(flush, taken), loop).result()
+
+        # The sync worker's completer, on a thread of its own; its flushes run on this loop.
+        completer = Completer(
+            self.queue.sync,
+            self._finished,
+            every=self.settings.settle_every,
+            batch=SETTLE_BATCH,
+            runner=on_the_loop,
+            bounded=False,
+        )
+        completing = threading.Thread(target=completer.run, name="squeal-completer", daemon=True)
+        completing.start()
+        handlers = [
+            asyncio.create_task(self._handling(completer), name=f"squeal-handler-{n}")
+            for n in range(self.settings.concurrency)
+        ]
         fatal: SquealError | None = None
         schedules = asyncio.create_task(self._schedules()) if self.run_schedules else None
         finished = asyncio.Event()
@@ -122,12 +153,16 @@ class AsyncWorker:
         try:
             fatal = await self._consume()
         finally:
-            self._stop.set()
+            self.stop()
+            completer.hurry()
             if schedules is not None:
                 await schedules
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            await asyncio.shield(self._drain())
+            await asyncio.shield(self._give_back_waiting())
+            await asyncio.shield(self._drain(handlers))
+            completer.close()
+            await asyncio.shield(asyncio.to_thread(completing.join, LEAVE_WAIT))
             finished.set()
             if beats is not None:
                 await asyncio.shield(beats)
@@ -151,7 +186,7 @@ class AsyncWorker:
 
         async def beats() -> None:
             while not finished.is_set():
-                await run(presence.beat, self.stats.counts(len(self._running)))
+                await run(presence.beat, self.stats.counts(len(self._in_flight)))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(finished.wait(), every)
             await run(presence.leave)
@@ -160,7 +195,7 @@ class AsyncWorker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("squeal worker: %s received, stopping", sig.name)
-        self._stop.set()
+        self.stop()
 
     async def _schedules(self) -> None:
         """Put the due schedules' messages, at most once a second per process."""
@@ -176,17 +211,25 @@ class AsyncWorker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), RUN_EVERY)
 
+    async def _change(self, seconds: float) -> None:
+        """Wait until something changes (a claim, a handler done, a settlement), at most
+        ``seconds``."""
+        self._changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
+
     async def _consume(self) -> SquealError | None:
         topics = self.settings.topics
         turn = 0
         retry = CLAIM_RETRY[0]
         while not self._stop.is_set():
-            free = self.settings.concurrency - len(self._running)
-            if free <= 0:
-                await asyncio.wait(self._running, timeout=0.2, return_when="FIRST_COMPLETED")
+            free = self.settings.claimable(self._unhandled, len(self._waiting))
+            if not free:
+                await self._change(0.2)
                 continue
             topic = topics[turn % len(topics)]
             turn += 1
+            asked = time.monotonic()
             try:
                 messages = await self.queue.get_many(topic, free, wait=self.settings.claim_wait())
             except FATAL as error:
@@ -201,46 +244,72 @@ class AsyncWorker:
                 retry = min(retry * 2, CLAIM_RETRY[1])
                 continue
             retry = CLAIM_RETRY[0]
-            for message in messages:
-                if self._stop.is_set():
-                    await self._give_back(message)
-                    continue
-                task = asyncio.create_task(self._handle(message), name=f"squeal-{message.id}")
-                self._running[task] = message
-                task.add_done_callback(self._running.pop)
+            for message in sync_messages(messages):
+                entry = InFlight(message, asked + self.settings.heartbeat)
+                self._in_flight[message.id] = entry
+                self._beats[message.id] = asyncio.create_task(self._heartbeats(entry))
+                self._waiting.append(entry)
+                self._unhandled += 1
+            self._changed.set()
         return None
 
-    async def _drain(self) -> None:
-        """Let running handlers finish within the grace period; cancel and release the rest."""
-        if not self._running:
-            return
-        _, late = await asyncio.wait(self._running, timeout=self.settings.grace_period)
-        if not late:
-            return
-        left = [self._running[task] for task in late]
-        for task in late:
-            task.cancel()
-        await asyncio.wait(late)
-        for message in left:
-            if not message.settled:
-                await self._give_back(message)
-        log.warning(
-            "squeal worker: released %d message(s) still running after %.0fs",
-            len(left),
-            self.settings.grace_period,
-        )
+    async def _give_back_waiting(self) -> None:
+        """At a stop: release the messages no handler started, so they are redelivered now."""
+        left = list(self._waiting)
+        self._waiting.clear()
+        self._unhandled -= len(left)
+        for entry in left:
+            entry.done = True
+            await self._give_back(entry)
 
-    async def _give_back(self, message: AsyncMessage) -> None:
+    async def _drain(self, handlers: list[asyncio.Task[None]]) -> None:
+        """Let running handlers finish within the grace period; cancel them and release the
+        messages still running or not settled then."""
+        deadline = time.monotonic() + self.settings.grace_period
+        while self._in_flight and time.monotonic() < deadline:
+            await self._change(min(0.05, max(deadline - time.monotonic(), 0.0)))
+        for task in handlers:
+            task.cancel()
+        await asyncio.wait(handlers)
+        left = [entry for entry in self._in_flight.values() if not entry.done]
+        for entry in left:
+            entry.done = True
+            await self._give_back(entry)
+        if left:
+            log.warning(
+                "squeal worker: released %d message(s) still running after %.0fs",
+                len(left),
+                self.settings.grace_period,
+            )
+
+    async def _give_back(self, entry: InFlight) -> None:
         try:
-            await message.release()
+            await run(entry.message.release)
             self.stats.released += 1
         except SquealError as error:
-            log.warning("squeal worker: could not release message %d: %s", message.id, error)
+            log.warning("squeal worker: could not release message %d: %s", entry.message.id, error)
+        self._finished([entry])
 
-    # -- one message ----------------------------------------------------------------------------
+    # -- handler tasks --------------------------------------------------------------------------
 
-    async def _handle(self, message: AsyncMessage) -> None:
-        beat = asyncio.create_task(self._heartbeats(message))
+    async def _handling(self, completer: Completer) -> None:
+        """A handler task: run the next waiting message's handler, until the stop."""
+        while True:
+            while not self._waiting:
+                if self._stop.is_set():
+                    return
+                await self._change(0.2)
+            entry = self._waiting.popleft()
+            try:
+                if await self._handle(entry):
+                    completer.add(entry)
+            finally:
+                self._unhandled -= 1
+                self._changed.set()
+
+    async def _handle(self, entry: InFlight) -> bool:
+        """Run the handler; True when the completer is to settle the message."""
+        message = AsyncMessage(entry.message)
         started = time.monotonic()
         try:
             if self.ack_in_transaction:
@@ -248,53 +317,58 @@ class AsyncWorker:
                     with observe.handling(message):
                         await self.handler(message, connection)
                     observe.handled(message.topic, time.monotonic() - started, failed=False)
+                    if entry.done:  # released at shutdown: roll the handler's writes back
+                        raise RuntimeError("released at shutdown before the handler finished")
                     await message.ack(connection=connection)
-                self.stats.acked += 1
-            else:
-                with observe.handling(message):
-                    await self.handler(message)
-                observe.handled(message.topic, time.monotonic() - started, failed=False)
-                await message.ack()
-                self.stats.acked += 1
+                    entry.done = True
+                self._finished([entry], acked=1)
+                return False
+            with observe.handling(message):
+                await self.handler(message)
+            observe.handled(message.topic, time.monotonic() - started, failed=False)
         except asyncio.CancelledError:
             raise  # stopped past the grace period: _drain releases it
-        except SquealError as error:
-            log.warning("squeal worker: message %d: %s", message.id, error)
         except Exception as error:
             observe.handled(message.topic, time.monotonic() - started, failed=True)
-            await self._nack(message, error)
-        finally:
-            beat.cancel()
+            entry.error = error
+        return True
 
-    async def _nack(self, message: AsyncMessage, error: Exception) -> None:
-        try:
-            await message.nack(error=error)
-        except SquealError as settling:
-            log_failure(message, error, "its nack failed", logging.WARNING)
-            log.warning("squeal worker: message %d: %s", message.id, settling)
-            return
-        self.stats.failed += 1
-        nacked(message, error, self.queue.sync.max_attempts)
+    def _finished(self, entries: list[InFlight], acked: int = 0, failed: int = 0) -> None:
+        """``entries`` are out of flight: settled (``acked`` and ``failed`` of them: the
+        completer tells so), or released at a stop."""
+        self.stats.acked += acked
+        self.stats.failed += failed
+        for entry in entries:
+            self._in_flight.pop(entry.message.id, None)
+            beat = self._beats.pop(entry.message.id, None)
+            if beat is not None:
+                beat.cancel()
+        self._changed.set()
 
-    async def _heartbeats(self, message: AsyncMessage) -> None:
+    async def _heartbeats(self, entry: InFlight) -> None:
         """Extend the lease ``heartbeat`` seconds after it (or its last extension) was asked
-        for; sooner again after an extension that failed."""
-        due = time.monotonic() + self.settings.heartbeat
-        while True:
-            await asyncio.sleep(max(due - time.monotonic(), 0.0))
+        for; sooner again after an extension that failed. No extension while the message's
+        settlement commits (the completer's)."""
+        message = entry.message
+        while not entry.done:
+            await asyncio.sleep(max(entry.renew_at - time.monotonic(), 0.0))
+            if entry.done or entry.settling:
+                entry.renew_at = time.monotonic() + 0.05
+                continue
             asked = time.monotonic()
             try:
-                await message.touch()
+                await run(message.touch)
             except LeaseLost as error:
-                log.warning("squeal worker: lease of message %d lost: %s", message.id, error)
+                if not (entry.done or entry.settling):
+                    log.warning("squeal worker: lease of message %d lost: %s", message.id, error)
                 return
             except SquealError as error:
                 log.warning(
                     "squeal worker: lease of message %d not extended: %s", message.id, error
                 )
-                due = asked + min(self.settings.heartbeat / 4, 1.0)
+                entry.renew_at = asked + min(self.settings.heartbeat / 4, 1.0)
             else:
-                due = asked + self.settings.heartbeat
+                entry.renew_at = asked + self.settings.heartbeat
 
 
 def _is_async(handler: object) -> bool:

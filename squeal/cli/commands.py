@@ -802,6 +802,19 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to finish in-flight work on SIGTERM",
     )
     parser.add_argument(
+        "--prefetch",
+        type=int,
+        metavar="N",
+        help="messages claimed ahead of the handlers (default: 4 per handler; 0: none)",
+    )
+    parser.add_argument(
+        "--settle-every",
+        type=float,
+        default=0.005,
+        metavar="SECONDS",
+        help="seconds an ack waits at most to share one commit with others (default 0.005)",
+    )
+    parser.add_argument(
         "--ack-in-transaction",
         action="store_true",
         help="call handler(message, connection); the ack commits with its writes",
@@ -878,6 +891,8 @@ def worker_command(args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
             ack_in_transaction=args.ack_in_transaction,
             registry_beat=args.registry_beat,
+            prefetch=args.prefetch,
+            settle_every=args.settle_every,
         )
         # From the announcement on, SIGTERM/SIGINT stop the worker gracefully (run() installs
         # its own handlers; one arriving before it does must not kill the process).

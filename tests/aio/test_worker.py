@@ -46,7 +46,7 @@ def test_handlers_run_concurrently_ack_on_return_and_nack_on_raise(async_url: st
             worker = AsyncWorker(q, handle, "t", concurrency=4, wait=0.1)
             run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
             await _until(lambda: len(seen) == 20 and worker.stats.failed == 2)
-            await _until(lambda: not worker._running)
+            await _until(lambda: not worker._in_flight)
             worker.stop()
             stats = await run_task
             assert sorted(seen) == sorted(str(i).encode() for i in range(20))
@@ -117,6 +117,60 @@ def test_a_cancelled_run_drains_then_releases_what_outlives_the_grace_period(
             assert again.payload == b"stuck"
             await again.ack()
             assert await q.size("quick") == 0
+
+    run(body())
+
+
+def test_prefetch_is_bounded_acks_share_commits_and_a_stop_settles_both(async_url: str) -> None:
+    """As the sync worker's: one handler and ``prefetch=2`` lease three messages, the rest are
+    left to others, and a stop releases the two waiting at once; handled messages stay leased
+    until their acks commit (``settle_every=60``: at the stop)."""
+
+    async def body() -> None:
+        async with opened(async_url) as q:
+            rival = AsyncQueue(q.engine, prefix=q.prefix)
+            await q.put_many([str(i).encode() for i in range(8)], "t")
+            first = asyncio.Event()
+            hold = asyncio.Event()
+
+            async def held(message: AsyncMessage) -> None:
+                first.set()
+                await hold.wait()
+
+            worker = AsyncWorker(q, held, "t", prefetch=2, wait=0.05)
+            run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
+            await asyncio.wait_for(first.wait(), 30.0)
+            others = await rival.get_many("t", 10)
+            assert len(others) == 5
+            await rival.ack_many(others)
+            worker.stop()
+            back: list[AsyncMessage] = []  # released by the stop while one still runs
+            while len(back) < 2:
+                more = await rival.get_many("t", 10, wait=10)
+                assert more, back
+                back += more
+            assert [m.attempts for m in back] == [1, 1]
+            await rival.ack_many(back)
+            hold.set()
+            stats = await run_task
+            assert (stats.acked, stats.released) == (1, 2)
+
+            await q.put_many([b"a", b"b", b"c"], "t")
+            handled: list[bytes] = []
+
+            async def handle(message: AsyncMessage) -> None:
+                handled.append(message.payload)
+
+            worker = AsyncWorker(q, handle, "t", settle_every=60, wait=0.05)
+            run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
+            await _until(lambda: len(handled) == 3)
+            await asyncio.sleep(0.2)
+            assert worker.stats.acked == 0
+            assert (await q.stats())["t"].leased == 3
+            worker.stop()
+            assert (await run_task).acked == 3
+            assert await q.size("t") == 0
+            await rival.close()
 
     run(body())
 
