@@ -35,6 +35,12 @@ class LeaseLost(SquealError):
         self.lost = lost
 
 
+class OutcomeUnknown(LeaseLost):
+    """The connection was lost while an earlier try of this settlement may have committed,
+    and after reconnecting its lease is gone: it took effect then, or the lease ran out and
+    another consumer has the message. Either way it is no longer this consumer's."""
+
+
 class AlreadySettled(SquealError, RuntimeError):
     """This message was already acked, nacked or released by this consumer."""
 
@@ -90,6 +96,7 @@ __all__ = [
     "DatabaseError",
     "InvalidType",
     "LeaseLost",
+    "OutcomeUnknown",
     "PayloadTooLarge",
     "SchemaError",
     "SchemaMissing",

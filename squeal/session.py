@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -15,7 +16,14 @@ from squeal.bridge import usable_here
 from squeal.connections import ConnectionStash, detect_dead_peer
 from squeal.dialects.base import Strategy
 from squeal.drivers import Driver, driver_for
-from squeal.errors import DatabaseBusy, DatabaseError, SchemaMissing, SchemaOutOfDate
+from squeal.errors import (
+    DatabaseBusy,
+    DatabaseError,
+    LeaseLost,
+    OutcomeUnknown,
+    SchemaMissing,
+    SchemaOutOfDate,
+)
 from squeal.executor import CallerExecutor, Executor, RawExecutor
 from squeal.prepared import Prepared
 from squeal.recorded import Fit, fit, recorded
@@ -29,6 +37,17 @@ log = logging.getLogger("squeal")
 RETRY_SECONDS = 30.0
 #: How often squeal reconnects and retries after a dropped connection before giving up.
 RECONNECT_ATTEMPTS = 3
+#: How long after a dropped connection squeal keeps trying to open a new one when the server
+#: refuses or is not ready (a restart, a failover): new connections that fail in this window
+#: are tried again, not counted as reconnects, with pauses growing to ``RECONNECT_PAUSE``.
+RECONNECT_SECONDS = 15.0
+RECONNECT_PAUSE = 0.5
+#: A new connection that failed sooner than this was refused (a server answering "not
+#: now"); one that took longer met a dead path, which counts as a reconnect.
+REFUSED_WITHIN = 1.0
+#: Set on a driver error raised after a unit of work began on its connection (its statements
+#: may have run, its commit may have landed); errors opening a connection lack it.
+_BEGAN = "_squeal_began"
 #: Pools whose connections cannot be detached: every checkout is the same connection.
 _SHARED_CONNECTION_POOLS = (sa.pool.StaticPool, sa.pool.SingletonThreadPool, sa.pool.AssertionPool)
 #: What an engine of an asyncio driver needs instead of a Queue.
@@ -73,6 +92,8 @@ class Session:
         self._stash = ConnectionStash(engine, self._prepare) if native else None
         #: An asyncio driver's engine: usable only inside the bridge (squeal.aio).
         self._bridged = engine.dialect.is_async
+        #: ``time.monotonic()`` of the last dropped connection, until a unit of work succeeds.
+        self._lost_at: float | None = None
 
     def _prepare(self, dbapi: Any) -> None:
         """Set up a connection squeal keeps: the driver's autocommit, the database's session."""
@@ -143,36 +164,71 @@ class Session:
     ) -> T:
         if self._bridged:
             usable_here(self.engine, instead=_ASYNC_QUEUE)
-        deadline = 0.0
-        pause = 0.002
-        reconnects = 0
+        tries: _Tries | None = None  # made at the first failure
         while True:
             failure: DatabaseError | None = None
+            began = time.monotonic()
             try:
                 if not self._schema_ok:
                     self._check_schema()
                 if stash is None:
-                    return self._through_engine(work, atomic=atomic, commit_on=commit_on)
-                return self._on_link(work, stash, atomic=atomic, commit_on=commit_on)
-            except self._driver_errors() as error:
-                deadline = deadline or time.monotonic() + RETRY_SECONDS
-                disconnected = self._disconnected(error)
-                reconnects += disconnected
-                if not (disconnected or self._retryable(error)):
-                    failure = wrap(error, "squeal")
-                elif reconnects > RECONNECT_ATTEMPTS:
-                    failure = wrap(error, f"squeal (after {RECONNECT_ATTEMPTS} reconnects)")
-                elif time.monotonic() + pause > deadline:
-                    busy = wrap(error, f"squeal (retried for {RETRY_SECONDS:.0f}s)")
-                    failure = DatabaseBusy(str(busy), retryable=True)
+                    result = self._through_engine(work, atomic=atomic, commit_on=commit_on)
                 else:
-                    log.debug(
-                        "squeal: transient database error, retrying: %s", type(error).__name__
-                    )
-                    pause_for(pause * (0.5 + random.random()))
-                    pause = min(pause * 2, 0.25)
+                    result = self._on_link(work, stash, atomic=atomic, commit_on=commit_on)
+                if self._lost_at is not None:
+                    self._lost_at = None
+                return result
+            except LeaseLost as lost:
+                if tries is None or not tries.uncertain:
+                    raise
+                raise OutcomeUnknown(
+                    f"{lost}; {_UNCERTAIN}", message_id=lost.message_id, lost=lost.lost
+                ) from None
+            except self._driver_errors() as error:
+                tries = tries or _Tries()
+                tries.began = began
+                failure = self._after(error, tries, stash)
             if failure is not None:
                 raise failure
+
+    def _after(
+        self, error: BaseException, tries: _Tries, stash: ConnectionStash | None
+    ) -> DatabaseError | None:
+        """After a driver error: pause and return None to try again, or the error to raise."""
+        now = time.monotonic()
+        tries.deadline = tries.deadline or now + RETRY_SECONDS
+        began = getattr(error, _BEGAN, False)
+        disconnected = self._disconnected(error)
+        if disconnected:
+            self._lost_at = self._lost_at or now
+            if stash is not None:
+                stash.close()  # its idle connections most likely went the way of this one
+        tries.uncertain = tries.uncertain or (disconnected and began)
+        # A new connection refused soon after one dropped: the server restarts, or a standby
+        # is being promoted. Keep trying for a while, without counting.
+        recovering = not began and self._lost_at is not None
+        refused = recovering and now - tries.began < REFUSED_WITHIN
+        if refused and now - (self._lost_at or now) < RECONNECT_SECONDS:
+            log.debug("squeal: reconnecting: %s", type(error).__name__)
+            tries.wait(RECONNECT_PAUSE)
+            return None
+        tries.reconnects += disconnected
+        failure: DatabaseError | None = None
+        if not (disconnected or recovering or self._retryable(error)):
+            failure = wrap(error, "squeal")
+        elif recovering:
+            failure = wrap(error, "squeal (reconnecting after a dropped connection)")
+        elif tries.reconnects > RECONNECT_ATTEMPTS:
+            failure = wrap(error, f"squeal (after {RECONNECT_ATTEMPTS} reconnects)")
+        elif now + tries.pause > tries.deadline:
+            busy = wrap(error, f"squeal (retried for {RETRY_SECONDS:.0f}s)")
+            failure = DatabaseBusy(str(busy), retryable=True)
+        if failure is None:
+            log.debug("squeal: transient database error, retrying: %s", type(error).__name__)
+            tries.wait(0.25)
+        elif tries.uncertain:
+            failure = type(failure)(f"{failure}; {_UNCERTAIN}", retryable=failure.retryable)
+        return failure
 
     def _on_link(
         self,
@@ -196,8 +252,9 @@ class Session:
             if atomic:
                 ex.begin()
             result = _committed(work, ex, commit_on)
-        except self._driver_errors():
+        except self._driver_errors() as error:
             link.close()  # its state is unknown: never reuse it
+            _began(error)
             raise
         except BaseException as exc:
             if not isinstance(exc, Exception):
@@ -227,7 +284,11 @@ class Session:
             isolation = self.strategy.isolation_level
             if isolation is not None:
                 conn.execution_options(isolation_level=isolation)
-            return _committed(work, _Committing(conn, self.server), commit_on)
+            try:
+                return _committed(work, _Committing(conn, self.server), commit_on)
+            except self._driver_errors() as error:
+                _began(error)
+                raise
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         if not self._errors:
@@ -297,6 +358,37 @@ class Session:
                 command=command,
             )
         self._schema_ok = True
+
+
+class _Tries:
+    """One operation's tries so far."""
+
+    __slots__ = ("began", "deadline", "pause", "reconnects", "uncertain")
+
+    def __init__(self) -> None:
+        self.began = 0.0  # when the current try began
+        self.deadline = 0.0  # when transient errors stop being retried (set at the first)
+        self.pause = 0.002
+        self.reconnects = 0
+        self.uncertain = False  # a try that may have committed lost its connection
+
+    def wait(self, most: float) -> None:
+        """Pause before the next try: a jittered pause, doubling up to ``most``."""
+        pause_for(self.pause * (0.5 + random.random()))
+        self.pause = min(self.pause * 2, most)
+
+
+#: What a failure's text adds when an earlier try lost its connection mid-work.
+_UNCERTAIN = (
+    "the connection was lost during an earlier try, which may have committed "
+    "(a failover or a dropped connection hid its outcome)"
+)
+
+
+def _began(error: BaseException) -> None:
+    """Mark ``error`` as raised once a unit of work began (see ``_BEGAN``)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(error, _BEGAN, True)
 
 
 def _committed(

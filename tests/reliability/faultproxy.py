@@ -7,6 +7,11 @@ Modes (``proxy.mode = ...``, changeable at any time):
              read timeouts notice)
   reset      RST every active connection (SO_LINGER 0), then behave as ``pass``
   cut        close every active connection cleanly, then behave as ``pass``
+  lose_reply forward requests; the first reply from the server (the first that contains
+             ``proxy.reply_marker``, when set) is dropped and its connection closed (the server
+             did the work, the client never hears of it), then ``pass``
+  refuse     close every active connection, then close each new one at once (a server
+             restarting, a standby not promoted yet) until the mode changes
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class FaultProxy:
     def __init__(self, target: tuple[str, int] | str, *, listen: str | None = None) -> None:
         self.target = target
         self.delay = 0.2
+        self.reply_marker: bytes | None = None
         self._mode = "pass"
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
@@ -48,8 +54,8 @@ class FaultProxy:
 
     @mode.setter
     def mode(self, mode: str) -> None:
-        assert mode in ("pass", "latency", "blackhole", "reset", "cut"), mode
-        if mode in ("reset", "cut"):
+        assert mode in ("pass", "latency", "blackhole", "reset", "cut", "lose_reply", "refuse")
+        if mode in ("reset", "cut", "refuse"):
             with self._lock:
                 conns, self._conns = self._conns, []
             for s in conns:
@@ -57,7 +63,7 @@ class FaultProxy:
                     if mode == "reset":
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     s.close()
-            mode = "pass"
+            mode = "refuse" if mode == "refuse" else "pass"
         self._mode = mode
 
     def close(self) -> None:
@@ -71,6 +77,9 @@ class FaultProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._mode == "refuse":
+                client.close()
+                continue
             try:
                 if isinstance(self.target, str):
                     upstream = socket.socket(socket.AF_UNIX)
@@ -84,14 +93,21 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+            for src, dst, reply in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(src, dst, reply), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, reply: bool) -> None:
         with suppress(OSError):
             while True:
                 data = src.recv(65536)
                 if not data:
+                    break
+                if (
+                    reply
+                    and self._mode == "lose_reply"
+                    and (self.reply_marker is None or self.reply_marker in data)
+                ):
+                    self._mode = "pass"
                     break
                 if self._mode == "blackhole":
                     continue

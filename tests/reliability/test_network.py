@@ -14,12 +14,15 @@ Two ways to break the path:
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 import squeal.session
-from squeal import DatabaseError, Queue
+from squeal import DatabaseError, LeaseLost, OutcomeUnknown, Queue
 from tests import needs
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.helpers import REPO
@@ -121,6 +124,70 @@ def test_postgresql_connection_reset_cut_or_slowed_is_reconnected_and_the_ack_su
     monkeypatch.setattr(squeal.session, "RECONNECT_ATTEMPTS", 1)
     acked, _ = _ack_through(fault, make_queue(), proxied)
     assert acked, f"{fault}: squeal did not reconnect"
+
+
+@pytest.mark.every_driver
+@pytest.mark.dialects("postgresql", "mysql")
+def test_an_ack_whose_reply_was_lost_is_reported_as_of_unknown_outcome(
+    make_queue: Callable[..., Queue], proxied: tuple[FaultProxy, sa.Engine]
+) -> None:
+    """The server commits the ack, the connection drops before its reply arrives (what a
+    failover can do): the ack's retry finds the lease gone, and the error says the first try
+    may have committed, not merely that the lease was lost."""
+    proxy, eng = proxied
+    direct = make_queue()
+    q = Queue(eng, prefix=direct.prefix)
+    mid = q.put(b"x")
+    m = q.get()
+    assert m is not None
+    if eng.dialect.name == "postgresql":
+        # Some drivers prepare or parse in a round trip of its own: lose the one whose reply
+        # says the DELETE was done (its CommandComplete tag).
+        proxy.reply_marker = b"DELETE 1"
+    proxy.mode = "lose_reply"
+    with pytest.raises(OutcomeUnknown, match="may have committed") as raised:
+        m.ack()
+    assert isinstance(raised.value, LeaseLost)  # handlers of a lost lease still catch it
+    assert raised.value.message_id == mid
+    assert direct.stats() == {}  # it had committed
+    other = direct.put(b"y")
+    again = q.get(visibility_timeout=0.2)  # a lease lost, nothing uncertain: plain LeaseLost
+    assert again is not None
+    time.sleep(0.3)
+    taken = direct.get()
+    assert taken is not None
+    assert taken.id == other
+    with pytest.raises(LeaseLost) as plain:
+        again.ack()
+    assert type(plain.value) is LeaseLost
+    taken.ack()
+    q.close()
+
+
+@pytest.mark.every_driver
+@pytest.mark.dialects("postgresql", "mysql")
+def test_calls_wait_through_a_server_that_refuses_for_a_while_after_a_dropped_connection(
+    make_queue: Callable[..., Queue], proxied: tuple[FaultProxy, sa.Engine]
+) -> None:
+    """A failover as a client sees it: the connection drops, then new ones are refused for a
+    few seconds. squeal keeps reconnecting (``RECONNECT_SECONDS``) instead of failing after
+    three quick refusals, and the put lands once the server answers."""
+    proxy, eng = proxied
+    direct = make_queue()
+    q = Queue(eng, prefix=direct.prefix)
+    q.put(b"before")
+    proxy.mode = "refuse"
+    threading.Timer(2.0, setattr, (proxy, "mode", "pass")).start()
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        if eng.driver == "pg8000":  # leaks each refused connection's socket (docs/drivers.md)
+            warnings.simplefilter("ignore", ResourceWarning)
+        q.put(b"during")
+        gc.collect()
+    waited = time.monotonic() - started
+    assert waited >= 1.5
+    assert sorted(m.payload for m in direct.get_many("default", 10)) == [b"before", b"during"]
+    q.close()
 
 
 _IN_NAMESPACE = """
