@@ -24,6 +24,9 @@ ROWS = {
     "put",
     "get_ack",
     "batch",
+    "bulk_put",
+    "bulk_drain",
+    "bulk",
     "backlog_small",
     "backlog_large",
     "ahead",
@@ -33,7 +36,10 @@ ROWS = {
     "drain_8",
     "latency",
     "memory",
+    "worker",
 }
+#: The rows without the lean floor: those run by consumer processes.
+NOT_LEAN = {"drain_2", "drain_8", "latency", "memory"}
 
 
 def _bench(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[str, dict[str, Any]]:
@@ -54,15 +60,25 @@ def _bench(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[str, dict[
 
 @pytest.mark.every_driver
 def test_quick_bench_measures_every_row_and_drops_its_tables(db_url: str, tmp_path: Path) -> None:
-    """Every driver squeal supports has a floor written on that same driver."""
+    """Every driver squeal supports has a floor and a lean floor written on that same driver;
+    the single-process rows give both ratios, and the lean floor's table is dropped too."""
     stdout, document = _bench(tmp_path, "--quick", "--url", db_url)
     (result,) = document["databases"]
     assert set(result["rows"]) == ROWS
     for name, row in result["rows"].items():
         assert row["squeal"] > 0, name
         assert row["floor"] > 0, name
+        if name in NOT_LEAN:
+            assert "lean" not in row, name
+        else:
+            assert row["lean"] > 0, name
+            assert row["lean_ratio"] == pytest.approx(row["squeal"] / row["lean"]), name
     assert result["settings"]["version"]
     assert "ratio" in stdout  # the table was printed
+    assert "lean ratio" in stdout
+    worker = result["rows"]["worker"]
+    assert worker["loop"] > 0  # squeal's own get + ack loop, beside the Worker
+    assert "worker/loop" in stdout
 
     prefix = result["prefix"]
     assert prefix.startswith("bench_")

@@ -161,6 +161,8 @@ class Floor:
     now: ClassVar[str] = ""
     #: The drivers this database's floor runs on.
     drivers: ClassVar[tuple[type[Raw], ...]] = ()
+    #: The table's name after the prefix: squeal's message table (the lean floor has its own).
+    table_suffix: ClassVar[str] = "message"
 
     def __init__(self, url: sa.URL, prefix: str, raw: Raw) -> None:
         self.raw = raw
@@ -182,7 +184,7 @@ class Floor:
         """Write the statements (once per floor)."""
         #: The driver's parameter marker.
         self.mark = mark
-        self.table = f"{validate_prefix(prefix)}_message"
+        self.table = f"{validate_prefix(prefix)}_{self.table_suffix}"
         t, now, p = self.table, self.now, self.mark
         columns = "topic, neg_priority, state, visible_at, enqueued_at, attempts, payload"
         self._row = f"({p}, {p}, {READY}, NULL, {now}, 0, {p})"
