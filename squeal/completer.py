@@ -31,9 +31,13 @@ log = logging.getLogger("squeal.worker")
 MOST = 1000
 #: Seconds between tries of a flush that failed: doubling from the first to the last.
 RETRY = (0.05, 2.0)
+#: Seconds a flush is tried again after the database refused it (unreachable, or a missing
+#: privilege). Then its messages leave the worker's hands unsettled: their leases are no longer
+#: extended and run out, and the messages are redelivered.
+GIVE_UP = 60.0
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one per lease
 class InFlight:
     """A message a worker claimed and has not settled yet (waiting, running, or handled)."""
 
@@ -123,26 +127,42 @@ class Completer:
     def run(self) -> None:
         """Flush until :meth:`close`d and nothing waits (the completer thread's body)."""
         retry = RETRY[0]
+        failing_since: float | None = None
         while True:
             taken = self._next()
             if taken is None:
                 return
-            if self._runner(self._flush, taken):
-                retry = RETRY[0]
+            try:
+                flushed = self._runner(self._flush, taken)
+            except Exception:  # a defect: never let the messages hang in flight
+                log.exception("squeal worker: settling %d message(s) failed", len(taken))
+                self._abandon(taken)
                 continue
-            taken = [e for e in taken if not e.done]
+            if flushed:
+                retry, failing_since = RETRY[0], None
+                continue
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if self._closing or now - failing_since > GIVE_UP:
+                self._abandon(taken)
+                continue
             with self._changed:  # put back first, in their order: tried again after a pause
-                self._pending[:0] = taken
-                if self._closing:
-                    self._pending.clear()
-                    log.warning(
-                        "squeal worker: %d settlement(s) not committed at stop; their "
-                        "messages are redelivered when the leases run out",
-                        len(taken),
-                    )
-                    continue
+                self._pending[:0] = [e for e in taken if not e.done]
                 self._changed.wait(retry)
             retry = min(retry * 2, RETRY[1])
+
+    def _abandon(self, taken: list[InFlight]) -> None:
+        """Give up settling ``taken``: out of flight unsettled, their leases left to run out."""
+        left = [e for e in taken if not e.done]
+        for entry in left:
+            entry.done = True
+        if left:
+            log.error(
+                "squeal worker: %d settlement(s) not committed; their messages are redelivered "
+                "once their leases run out",
+                len(left),
+            )
+        self._settled(taken, 0, 0)
 
     def _next(self) -> list[InFlight] | None:
         """The next flush's settlements, once ``every`` passed or a batch is full; None when
@@ -167,7 +187,11 @@ class Completer:
         with contextlib.ExitStack() as held:
             for entry in taken:  # the heartbeat extends no lease while its ack commits
                 held.enter_context(entry.lock)
+            for entry in taken:  # settled by the handler itself: nothing left to do
+                if not entry.done and (entry.message.settled or entry.message.pending):
+                    entry.done = True
             live = [e for e in taken if not e.done]
+            self._settled([e for e in taken if e.done], 0, 0)  # out of flight, settled or not
             for entry in live:
                 entry.settling = True
             for entry in taken:
@@ -242,6 +266,7 @@ def log_failure(msg: Leased, error: Exception, outcome: str, level: int) -> None
 
 
 __all__ = [
+    "GIVE_UP",
     "MOST",
     "RETRY",
     "Completer",

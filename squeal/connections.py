@@ -88,9 +88,13 @@ class ConnectionStash:
         link.close()
 
     def close(self) -> None:
-        """Close every idle connection (in a forked child: forget its parent's)."""
+        """Close every idle connection (in a forked child: forget its parent's). They are
+        closed outside the lock: a close may wait (in the asyncio bridge, for the loop, whose
+        other tasks must still take and give back connections meanwhile)."""
         with self._lock:
-            _close_all(self._idle, self._pid)
+            idle = self._idle[:]
+            self._idle.clear()
+        _close_all(idle, self._pid)
 
 
 def detect_dead_peer(fileno: int) -> None:

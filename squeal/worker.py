@@ -227,7 +227,7 @@ class Worker:
         self._waiting: deque[InFlight] = deque()
         self._unhandled = 0
         self._changed = threading.Condition(self._lock)
-        self._in_flight: dict[int, InFlight] = {}  # claimed and not settled
+        self._in_flight: set[InFlight] = set()  # claimed and not settled (one per lease)
         self._arrived = threading.Event()  # wakes the heartbeat for a new in-flight message
         self._completer = Completer(
             queue, self._finished, every=settings.settle_every, batch=SETTLE_BATCH
@@ -362,7 +362,7 @@ class Worker:
             entries = [InFlight(msg, asked + self.heartbeat) for msg in messages]
             with self._changed:
                 for entry in entries:
-                    self._in_flight[entry.message.id] = entry
+                    self._in_flight.add(entry)
                 self._waiting.extend(entries)
                 self._unhandled += len(entries)
                 self._changed.notify_all()
@@ -389,13 +389,14 @@ class Worker:
         with self._changed:
             while self._in_flight and time.monotonic() < deadline:
                 self._changed.wait(min(0.05, max(deadline - time.monotonic(), 0)))
-            left = list(self._in_flight.values())
+            left = list(self._in_flight)
         for entry in left:
             with entry.lock:
                 if entry.done:
                     continue
                 entry.done = True
             self._give_back(entry.message)
+        self._finished(left)
         if left:
             log.warning(
                 "squeal worker: released %d message(s) still running after %.0fs",
@@ -438,9 +439,9 @@ class Worker:
             with observe.handling(msg):
                 self.handler(msg)
             observe.handled(msg.topic, time.monotonic() - started, failed=False)
-        except Exception as error:
+        except BaseException as error:  # SystemExit too: a handler thread must go on
             observe.handled(msg.topic, time.monotonic() - started, failed=True)
-            entry.error = error
+            entry.error = error if isinstance(error, Exception) else RuntimeError(repr(error))
         self._completer.add(entry)
 
     def _handle_in_transaction(self, entry: InFlight) -> None:
@@ -463,7 +464,7 @@ class Worker:
             self.stats.acked += acked
             self.stats.failed += failed
             for entry in entries:
-                self._in_flight.pop(entry.message.id, None)
+                self._in_flight.discard(entry)
             self._changed.notify_all()
 
     def _schedules(self) -> None:
@@ -485,7 +486,7 @@ class Worker:
         """Extend each running handler's lease when it is due; sleep until the next is due."""
         while True:
             with self._lock:
-                entries = list(self._in_flight.values())
+                entries = list(self._in_flight)
             if not entries and self._stop.is_set():
                 return
             now = time.monotonic()
@@ -493,7 +494,7 @@ class Worker:
                 if entry.renew_at <= now:
                     self._renew(entry)
             with self._lock:
-                due = min((e.renew_at for e in self._in_flight.values()), default=math.inf)
+                due = min((e.renew_at for e in self._in_flight if not e.done), default=math.inf)
             self._arrived.clear()
             pause = min(due - time.monotonic(), self.heartbeat)
             if self._stop.is_set():

@@ -247,6 +247,56 @@ def test_acks_wait_to_share_a_commit_and_a_stop_commits_them(
     assert q.stats() == {}
 
 
+def test_a_handler_that_settles_its_own_message_does_not_hold_up_the_others(
+    make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
+) -> None:
+    """A handler may release (or nack, or ack) its message itself: the completer then leaves
+    it alone, and the acks committed with it in a batch still commit."""
+    q = make_queue()
+    q.put_many([b"a", b"self", b"b"], "jobs")
+    released: list[int] = []
+    handled: list[bytes] = []
+
+    def handle(msg: Message) -> None:
+        if msg.payload == b"self" and not released:
+            released.append(msg.id)
+            msg.release()  # handled later, on its redelivery
+            return
+        handled.append(msg.payload)
+
+    worker = Worker(q, handle, "jobs", wait=0.1, settle_every=0.2)
+    running(worker)
+    _wait_for(lambda: worker.stats.acked == 3)
+    assert sorted(handled) == [b"a", b"b", b"self"]
+    assert q.stats() == {}
+
+
+def test_messages_released_after_the_grace_period_leave_the_worker_s_hands(
+    make_queue: Callable[..., Queue],
+) -> None:
+    q = make_queue()
+    q.put(b"stuck", "jobs")
+    started = threading.Event()
+    hold = threading.Event()
+
+    def handle(msg: Message) -> None:
+        started.set()
+        hold.wait(30)
+
+    worker = Worker(q, handle, "jobs", wait=0.1, grace_period=0.2)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    assert started.wait(30)
+    worker.stop()
+    thread.join(timeout=30)
+    assert worker.stats.released == 1
+    assert not worker._in_flight  # nothing left for the heartbeat to renew
+    again = q.get("jobs")
+    hold.set()
+    assert again is not None
+    again.ack()
+
+
 def test_many_messages_of_a_one_message_handler_are_each_handled_once(
     make_queue: Callable[..., Queue], running: Callable[[Worker], threading.Thread]
 ) -> None:

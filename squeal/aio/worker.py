@@ -100,8 +100,8 @@ class AsyncWorker:
         self._changed = asyncio.Event()  # set at any change to the three below
         self._waiting: deque[InFlight] = deque()  # claimed, not started
         self._unhandled = 0  # claimed, not handled yet
-        self._in_flight: dict[int, InFlight] = {}  # claimed, not settled
-        self._beats: dict[int, asyncio.Task[None]] = {}  # a heartbeat per in-flight message
+        self._in_flight: set[InFlight] = set()  # claimed, not settled (one per lease)
+        self._beats: dict[InFlight, asyncio.Task[None]] = {}  # one per in-flight message
 
     def stop(self) -> None:
         """Ask the worker to stop: no new claims; ``run`` returns after the grace period."""
@@ -155,17 +155,21 @@ class AsyncWorker:
         finally:
             self.stop()
             completer.hurry()
-            if schedules is not None:
-                await schedules
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            await asyncio.shield(self._give_back_waiting())
-            await asyncio.shield(self._drain(handlers))
-            completer.close()
-            await asyncio.shield(asyncio.to_thread(completing.join, LEAVE_WAIT))
-            finished.set()
-            if beats is not None:
-                await asyncio.shield(beats)
+            try:
+                if schedules is not None:
+                    await schedules
+                await asyncio.shield(self._give_back_waiting())
+                await asyncio.shield(self._drain(handlers))
+            finally:  # even when cancelled again meanwhile
+                completer.close()
+                finished.set()
+                try:
+                    await asyncio.shield(asyncio.to_thread(completing.join, LEAVE_WAIT))
+                finally:
+                    if beats is not None:
+                        await asyncio.shield(beats)
         if fatal is not None:
             raise fatal
         return self.stats
@@ -246,8 +250,8 @@ class AsyncWorker:
             retry = CLAIM_RETRY[0]
             for message in sync_messages(messages):
                 entry = InFlight(message, asked + self.settings.heartbeat)
-                self._in_flight[message.id] = entry
-                self._beats[message.id] = asyncio.create_task(self._heartbeats(entry))
+                self._in_flight.add(entry)
+                self._beats[entry] = asyncio.create_task(self._heartbeats(entry))
                 self._waiting.append(entry)
                 self._unhandled += 1
             self._changed.set()
@@ -271,7 +275,8 @@ class AsyncWorker:
         for task in handlers:
             task.cancel()
         await asyncio.wait(handlers)
-        left = [entry for entry in self._in_flight.values() if not entry.done]
+        # Not one whose ack is committing now (the completer finishes it, or its lease runs out).
+        left = [entry for entry in self._in_flight if not (entry.done or entry.settling)]
         for entry in left:
             entry.done = True
             await self._give_back(entry)
@@ -339,8 +344,8 @@ class AsyncWorker:
         self.stats.acked += acked
         self.stats.failed += failed
         for entry in entries:
-            self._in_flight.pop(entry.message.id, None)
-            beat = self._beats.pop(entry.message.id, None)
+            self._in_flight.discard(entry)
+            beat = self._beats.pop(entry, None)
             if beat is not None:
                 beat.cancel()
         self._changed.set()
