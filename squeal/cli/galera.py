@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from squeal.cli.servers import free_port
+from squeal.cli.servers import free_port, stop_all
 
 #: Where Debian's galera-4 package puts the provider.
 PROVIDERS = ("/usr/lib/galera/libgalera_smm.so", "/usr/lib/libgalera_smm.so")
@@ -108,17 +108,9 @@ class GaleraCluster:
 
     def stop(self) -> None:
         """Stop every running node (SIGTERM, then SIGKILL after 30 s)."""
+        stop_all([node.process for node in self.nodes])
         for node in self.nodes:
-            if node.process is not None and node.process.poll() is None:
-                node.process.terminate()
-        for node in self.nodes:
-            if node.process is not None:
-                try:
-                    node.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-                    node.process.wait(timeout=30)
-                node.process = None
+            node.process = None
 
     def urls(self, driver: str = "pymysql") -> list[str]:
         return [node.url(driver) for node in self.nodes]

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from squeal.cli.servers import free_port
+from squeal.cli.servers import free_port, stop_all
 
 
 class ClusterError(RuntimeError):
@@ -85,12 +85,16 @@ class PatroniCluster:
         size: int = 2,
         *,
         synchronous: bool = True,
+        max_lag: int | None = None,
         patroni: str = "patroni",
         etcd: str = "etcd",
     ) -> None:
         self.root = root
         self.bin = bin_dir
         self.synchronous = synchronous
+        #: Patroni's ``maximum_lag_on_failover`` in bytes (None: its default, 1 MiB): a standby
+        #: further behind refuses to take over (asynchronous replication only).
+        self.max_lag = max_lag
         self.patroni = shutil.which(patroni) or patroni
         self.etcd = shutil.which(etcd) or etcd
         self.members = [Member(i, root / f"m{i}") for i in range(size)]
@@ -131,17 +135,9 @@ class PatroniCluster:
 
     def stop(self) -> None:
         """Stop the members (SIGTERM: Patroni stops its PostgreSQL), then etcd."""
+        stop_all([member.process for member in self.members], wait=60)
         for member in self.members:
-            if member.process is not None and member.process.poll() is None:
-                member.process.terminate()
-        for member in self.members:
-            if member.process is not None:
-                try:
-                    member.process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    member.process.kill()
-                    member.process.wait(timeout=30)
-                member.process = None
+            member.process = None
             self._kill_postmaster(member)  # one left by a SIGKILLed Patroni
         if self._etcd is not None:
             self._etcd.terminate()
@@ -257,6 +253,7 @@ class PatroniCluster:
 
     def _config(self, member: Member) -> str:
         sync = "true" if self.synchronous else "false"
+        lag = "" if self.max_lag is None else f"\n    maximum_lag_on_failover: {self.max_lag}"
         return f"""scope: squeal
 name: {member.name}
 restapi:
@@ -269,7 +266,7 @@ bootstrap:
     ttl: 10
     loop_wait: 1
     retry_timeout: 4
-    synchronous_mode: {sync}
+    synchronous_mode: {sync}{lag}
     postgresql:
       use_pg_rewind: true
       parameters:
