@@ -9,6 +9,7 @@ ROLLBACK, which on a loopback server is a round trip per operation.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import weakref
@@ -27,13 +28,29 @@ DEAD_PEER_SECONDS = 30.0
 
 
 class Link:
-    """One connection squeal keeps, with the cursor it reuses for every statement."""
+    """One connection squeal keeps, with the cursor it reuses for every statement and its
+    socket's descriptor (None where the driver's adapter cannot find it)."""
 
-    __slots__ = ("cursor", "dbapi")
+    __slots__ = ("cursor", "dbapi", "fileno")
 
-    def __init__(self, dbapi: Any) -> None:
+    def __init__(self, dbapi: Any, fileno: int | None = None) -> None:
         self.dbapi = dbapi
         self.cursor = dbapi.cursor()
+        self.fileno = fileno
+
+    def hung_up(self) -> bool:
+        """Whether the server closed this idle connection (or sent it something unasked,
+        which leaves it as unusable): a restart, a failover, ``wait_timeout``, a killed
+        session. One poll, no round trip. Used before a unit of work, so that a write is not
+        sent on a connection that cannot answer, which would hide whether it committed."""
+        if self.fileno is None:
+            return False
+        poller = select.poll()
+        poller.register(self.fileno, select.POLLIN | select.POLLPRI)
+        try:
+            return bool(poller.poll(0))
+        except InterruptedError:
+            return False
 
     def close(self) -> None:
         """Close the connection, ignoring errors (it is being thrown away)."""
@@ -45,10 +62,16 @@ class ConnectionStash:
     """A small LIFO of detached, pre-configured DB-API connections for one queue."""
 
     def __init__(
-        self, engine: sa.Engine, configure: Callable[[Any], None], *, max_idle: int = MAX_IDLE
+        self,
+        engine: sa.Engine,
+        configure: Callable[[Any], None],
+        *,
+        socket_of: Callable[[Any], int | None] = lambda dbapi: None,
+        max_idle: int = MAX_IDLE,
     ) -> None:
         self._engine = engine
         self._configure = configure
+        self._socket_of = socket_of
         self._max_idle = max_idle
         self._idle: list[Link] = []
         self._lock = threading.Lock()
@@ -63,20 +86,25 @@ class ConnectionStash:
             fairy.detach()
             dbapi = fairy.dbapi_connection
             self._configure(dbapi)
-            return Link(dbapi)
+            return Link(dbapi, self._socket_of(dbapi))
         except BaseException:
             fairy.invalidate()
             raise
 
     def take(self) -> Link:
-        """An idle connection, or a new one."""
-        with self._lock:
-            if self._pid != os.getpid():
-                # A forked child must not share its parent's sockets: forget, don't close.
-                self._idle.clear()
-                self._pid = os.getpid()
-            if self._idle:
-                return self._idle.pop()
+        """An idle connection the server has not closed, or a new one."""
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():
+                    # A forked child must not share its parent's sockets: forget, don't close.
+                    self._idle.clear()
+                    self._pid = os.getpid()
+                if not self._idle:
+                    break
+                link = self._idle.pop()
+            if not link.hung_up():
+                return link
+            link.close()
         return self._open()
 
     def give_back(self, link: Link) -> None:

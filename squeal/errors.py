@@ -89,6 +89,15 @@ class DatabaseBusy(DatabaseError):
     """The database stayed locked or deadlocked after squeal retried; try again later."""
 
 
+class PutOutcomeUnknown(DatabaseError):
+    """The connection was lost after a put was sent: it may or may not have been stored.
+
+    squeal does not try such a put again, since a second try could store the message twice.
+    Trying it again yourself is safe where a duplicate is (at-least-once), or with a
+    ``dedup_key``: squeal tries those puts again by itself, the key catching a second copy.
+    """
+
+
 __all__ = [
     "AlreadyReleased",
     "AlreadySettled",
@@ -98,6 +107,7 @@ __all__ = [
     "LeaseLost",
     "OutcomeUnknown",
     "PayloadTooLarge",
+    "PutOutcomeUnknown",
     "SchemaError",
     "SchemaMissing",
     "SchemaOutOfDate",

@@ -265,6 +265,8 @@ class Queue:
 
         Raises:
             ValueError / TypeError: invalid input; nothing was sent to the database.
+            PutOutcomeUnknown: the connection dropped after the put was sent, so it may have
+                been stored (not tried again without a ``dedup_key``: that could store it twice).
         """
         shared = self._shared(
             topic, priority, delay, ttl=ttl, max_attempts=max_attempts, headers=headers
@@ -277,7 +279,9 @@ class Queue:
             msg_id = self._put_windowed(shared, [data], [key], conn, window)[0]
         else:
             insert = self._strategy.insert
-            msg_id = self._session.write(lambda ex: insert(ex, shared, [data], [key]), conn)[0]
+            msg_id = self._session.write(
+                lambda ex: insert(ex, shared, [data], [key]), conn, idempotent=key is not None
+            )[0]
         log.put(shared["topic"], [msg_id], [key], conn is not None)
         return msg_id
 
@@ -303,6 +307,7 @@ class Queue:
 
         Raises:
             ValueError / TypeError: invalid input anywhere in the batch; nothing was written.
+            PutOutcomeUnknown: as for :meth:`put` (all of the batch or none of it is stored).
         """
         items = check.sequence(payloads, "payloads")
         limit = self.max_payload_size
@@ -344,6 +349,7 @@ class Queue:
                 lambda ex: self._insert_chunks(ex, shared, unique_data, unique_keys),
                 conn,
                 atomic=not self._one_statement(unique_data),
+                idempotent=None not in unique_keys,
             )
         inserted = iter(ids)
         result = ids if first is None else [next(inserted) if ok else None for ok in first]

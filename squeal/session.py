@@ -21,6 +21,7 @@ from squeal.errors import (
     DatabaseError,
     LeaseLost,
     OutcomeUnknown,
+    PutOutcomeUnknown,
     SchemaMissing,
     SchemaOutOfDate,
 )
@@ -89,7 +90,9 @@ class Session:
         # unit of work goes through SQLAlchemy instead of a connection squeal keeps.
         shared = isinstance(engine.pool, _SHARED_CONNECTION_POOLS)
         native = self.driver.native and not shared
-        self._stash = ConnectionStash(engine, self._prepare) if native else None
+        self._stash = (
+            ConnectionStash(engine, self._prepare, socket_of=self.driver.socket) if native else None
+        )
         #: An asyncio driver's engine: usable only inside the bridge (squeal.aio).
         self._bridged = engine.dialect.is_async
         #: ``time.monotonic()`` of the last dropped connection, until a unit of work succeeds.
@@ -99,7 +102,7 @@ class Session:
         """Set up a connection squeal keeps: the driver's autocommit, the database's session."""
         self.driver.prepare(dbapi, self.strategy.session_sql)
         fileno = self.driver.socket(dbapi)
-        if fileno is not None:
+        if fileno is not None and not self.driver.tcp_tuned(dbapi):
             detect_dead_peer(fileno)
 
     def forget_schema(self) -> None:
@@ -120,26 +123,32 @@ class Session:
         *,
         atomic: bool = False,
         commit_on: type[BaseException] | None = None,
+        idempotent: bool = True,
     ) -> T:
         """Run ``work`` in the caller's transaction, or on squeal's own connection.
 
         ``atomic``: several statements that must commit together (one statement always does).
         ``commit_on``: an exception type after which squeal's own transaction still commits
         (the exception is raised afterwards), e.g. LeaseLost in a batch whose others succeeded.
+        ``idempotent=False``: work that would take effect twice if an earlier try committed
+        (a put without a dedup key): after a try whose outcome a dropped connection hid, it
+        raises PutOutcomeUnknown instead of trying again.
         """
         if connection is not None:
             return self._in_callers(work, connection)
-        return self._retrying(work, self._stash, atomic=atomic, commit_on=commit_on)
+        return self._retrying(
+            work, self._stash, atomic=atomic, commit_on=commit_on, idempotent=idempotent
+        )
 
     def claim(self, work: Callable[[Executor], T], *, atomic: bool = False) -> T:
         """Run a claim: in a transaction unless the database claims in one statement and the
         claim is one (``atomic``: it is several, e.g. a limited topic's)."""
         atomic = atomic or not self.strategy.claim_is_one_statement
-        return self._retrying(work, self._stash, atomic=atomic, commit_on=None)
+        return self._retrying(work, self._stash, atomic=atomic, commit_on=None, idempotent=True)
 
     def read(self, work: Callable[[Executor], T]) -> T:
         """Run read-only work."""
-        return self._retrying(work, self._stash, atomic=False, commit_on=None)
+        return self._retrying(work, self._stash, atomic=False, commit_on=None, idempotent=True)
 
     def _in_callers(self, work: Callable[[Executor], T], connection: sa.Connection) -> T:
         # Wrapped errors are raised outside the except block, so that neither __cause__ nor
@@ -161,6 +170,7 @@ class Session:
         *,
         atomic: bool,
         commit_on: type[BaseException] | None,
+        idempotent: bool,
     ) -> T:
         if self._bridged:
             usable_here(self.engine, instead=_ASYNC_QUEUE)
@@ -188,6 +198,8 @@ class Session:
                 tries = tries or _Tries()
                 tries.began = began
                 failure = self._after(error, tries, stash)
+                if tries.uncertain and not idempotent:
+                    failure = PutOutcomeUnknown(f"{wrap(error, 'squeal')}; {_NOT_TRIED_AGAIN}")
             if failure is not None:
                 raise failure
 
@@ -382,6 +394,13 @@ class _Tries:
 _UNCERTAIN = (
     "the connection was lost during an earlier try, which may have committed "
     "(a failover or a dropped connection hid its outcome)"
+)
+
+
+#: Why a put whose outcome a dropped connection hid is not tried again.
+_NOT_TRIED_AGAIN = (
+    "the connection was lost after the put was sent, so it may have been stored; squeal did "
+    "not try again, which could store it twice (puts with a dedup_key are tried again)"
 )
 
 

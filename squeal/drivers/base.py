@@ -31,7 +31,8 @@ class Driver:
     native: ClassVar[bool] = True
     #: Whether :meth:`listen` and :meth:`notified` work (PostgreSQL LISTEN/NOTIFY).
     notifications: ClassVar[bool] = False
-    #: Whether :meth:`socket` finds the connection's TCP socket (dead-peer detection).
+    #: Whether :meth:`socket` finds the connection's socket (dead-peer detection, and idle
+    #: connections the server closed found before they are used).
     dead_peer_detection: ClassVar[bool] = True
 
     def autocommit(self, dbapi: Any) -> None:
@@ -74,8 +75,13 @@ class Driver:
         return args[0] if args and isinstance(args[0], int) else None
 
     def socket(self, dbapi: Any) -> int | None:
-        """The file descriptor of the connection's socket, unless the user configured TCP."""
+        """The file descriptor of the connection's socket (None: the adapter cannot tell)."""
         return None
+
+    def tcp_tuned(self, dbapi: Any) -> bool:
+        """Whether the application set the connection's TCP options itself (keepalives):
+        squeal then leaves them alone (no dead-peer detection of its own)."""
+        return False
 
     def execute(self, dbapi: Any, cursor: Any, sql: str, params: Params) -> Any:
         """Run one compiled statement; its result (the cursor, or what :meth:`rows` reads),

@@ -29,9 +29,10 @@ class Psycopg(Driver):
         return getattr(error, "sqlstate", None)
 
     def socket(self, dbapi: Any) -> int | None:
-        if _TCP_PARAMETERS & dbapi.info.get_parameters().keys():
-            return None
         return int(dbapi.fileno())
+
+    def tcp_tuned(self, dbapi: Any) -> bool:
+        return bool(_TCP_PARAMETERS & dbapi.info.get_parameters().keys())
 
     def connect_timeout(self, seconds: int) -> dict[str, Any]:
         return {"connect_timeout": seconds}
@@ -109,10 +110,10 @@ class Psycopg2(Driver):
         return getattr(error, "pgcode", None)
 
     def socket(self, dbapi: Any) -> int | None:
-        parameters = dbapi.get_dsn_parameters()
-        if _TCP_PARAMETERS & parameters.keys():
-            return None
         return int(dbapi.fileno())
+
+    def tcp_tuned(self, dbapi: Any) -> bool:
+        return bool(_TCP_PARAMETERS & dbapi.get_dsn_parameters().keys())
 
     def connect_timeout(self, seconds: int) -> dict[str, Any]:
         return {"connect_timeout": seconds}

@@ -361,13 +361,13 @@ def test_touch_keeps_the_locks_and_every_lease_alive(make_queue: Callable[..., Q
 def test_prefetched_message_past_half_its_lease_is_renewed_when_handed_out(
     make_queue: Callable[..., Queue],
 ) -> None:
-    q = make_queue(visibility_timeout=1.0)
+    q = make_queue(visibility_timeout=2.0)
     ids = q.put_many([b"1", b"2", b"3"], "a")
     buffer = Buffer(q, extra_buffer_multiplier=3)
     _get(buffer).ack()
-    time.sleep(0.6)
-    second = _get(buffer)  # claimed 0.6 s ago: touched before it is handed out
-    time.sleep(0.7)
+    time.sleep(1.2)
+    second = _get(buffer)  # claimed 1.2 s ago: touched before it is handed out
+    time.sleep(1.1)  # its new lease has 0.9 s left, for a slow machine's stalls
     other = make_queue()
     stolen = other.get_many("a", 10)  # the third one's lease ran out; the second one's did not
     assert [m.id for m in stolen] == [ids[2]]

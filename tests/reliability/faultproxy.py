@@ -62,7 +62,11 @@ class FaultProxy:
                 with suppress(OSError):
                     if mode == "reset":
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    s.close()
+                    else:
+                        # At once, as a server that closes its end does: a close() alone waits
+                        # for the pipe thread blocked in recv() on it.
+                        s.shutdown(socket.SHUT_RDWR)
+                s.close()
             mode = "refuse" if mode == "refuse" else "pass"
         self._mode = mode
 

@@ -31,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 import squeal.session
-from squeal import DatabaseError, LeaseLost, OutcomeUnknown, Queue
+from squeal import DatabaseError, LeaseLost, OutcomeUnknown, PutOutcomeUnknown, Queue
 from tests import needs
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.helpers import REPO
@@ -166,12 +166,40 @@ def test_an_ack_whose_reply_was_lost_is_reported_as_of_unknown_outcome(
 
 @pytest.mark.every_driver
 @pytest.mark.dialects("postgresql", "mysql")
+def test_a_put_whose_reply_was_lost_is_reported_and_never_stored_twice(
+    make_queue: Callable[..., Queue], proxied: tuple[FaultProxy, sa.Engine]
+) -> None:
+    """The server commits a put, the connection drops before its reply arrives: squeal does
+    not try it again (a second try would store it twice) and says it may have been stored. A
+    put with a dedup key is tried again: the key catches the first try's copy."""
+    proxy, eng = proxied
+    direct = make_queue()
+    q = Queue(eng, prefix=direct.prefix)
+    q.put(b"before")  # connected, schema checked
+    if eng.dialect.name == "postgresql":
+        proxy.reply_marker = b"SELECT 1\x00"  # its CommandComplete, not a prepare's reply
+    proxy.mode = "lose_reply"
+    with pytest.raises(PutOutcomeUnknown, match="may have been stored"):
+        q.put(b"plain")
+    q.peek()  # a new connection (its handshake is a first reply too)
+    proxy.mode = "lose_reply"
+    assert q.put(b"keyed", dedup_key="k") is None  # stored by the first try
+    stored = direct.get_many("default", 10)
+    assert sorted(m.payload for m in stored) == [b"before", b"keyed", b"plain"]
+    direct.ack_many(stored)
+    q.close()
+
+
+@pytest.mark.every_driver
+@pytest.mark.dialects("postgresql", "mysql")
 def test_calls_wait_through_a_server_that_refuses_for_a_while_after_a_dropped_connection(
     make_queue: Callable[..., Queue], proxied: tuple[FaultProxy, sa.Engine]
 ) -> None:
     """A failover as a client sees it: the connection drops, then new ones are refused for a
     few seconds. squeal keeps reconnecting (``RECONNECT_SECONDS``) instead of failing after
-    three quick refusals, and the put lands once the server answers."""
+    three quick refusals: the put and the claim land once the server answers. The put is not
+    one whose outcome is unknown: the connection the server closed while it sat idle is found
+    before the put is sent on it."""
     proxy, eng = proxied
     direct = make_queue()
     q = Queue(eng, prefix=direct.prefix)
@@ -183,10 +211,15 @@ def test_calls_wait_through_a_server_that_refuses_for_a_while_after_a_dropped_co
         if eng.driver == "pg8000":  # leaks each refused connection's socket (docs/drivers.md)
             warnings.simplefilter("ignore", ResourceWarning)
         q.put(b"during")
+        waited = time.monotonic() - started
+        proxy.mode = "refuse"
+        threading.Timer(2.0, setattr, (proxy, "mode", "pass")).start()
+        claimed = q.get_many("default", 10)
         gc.collect()
-    waited = time.monotonic() - started
     assert waited >= 1.5
-    assert sorted(m.payload for m in direct.get_many("default", 10)) == [b"before", b"during"]
+    assert sorted(m.payload for m in claimed) == [b"before", b"during"]
+    q.ack_many(claimed)
+    assert direct.get_many("default", 10) == []
     q.close()
 
 
