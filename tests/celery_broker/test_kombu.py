@@ -1,0 +1,207 @@
+"""squeal's kombu transport pinned directly: publish, consume, ack, reject, purge, length,
+priorities, prefetch, and a consumer that dies holding a delivery."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import kombu
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+
+import squeal.kombu
+from squeal import Queue
+
+
+@pytest.fixture
+def broker(db_url: str) -> Iterator[tuple[str, Queue]]:
+    """A ``squeal+`` URL and transport options on fresh tables, and a Queue on them."""
+    prefix = "k" + uuid.uuid4().hex[:8]
+    queue = Queue(sa.create_engine(db_url), prefix=prefix)
+    queue.create()
+    yield f"squeal+{db_url}", queue
+    queue.destroy()
+    queue.close()
+    queue.engine.dispose()
+
+
+def _connect(broker: tuple[str, Queue], **options: object) -> kombu.Connection:
+    url, queue = broker
+    return kombu.Connection(
+        url, transport_options={"prefix": queue.prefix, "create_tables": False, **options}
+    )
+
+
+def test_publish_consume_ack_reject_purge_and_length(broker: tuple[str, Queue]) -> None:
+    _, queue = broker
+    with _connect(broker) as conn:
+        jobs = conn.SimpleQueue("jobs")
+        jobs.consumer.qos(prefetch_count=1)  # one delivery at a time
+        for n in range(4):
+            jobs.put({"n": n})
+        assert jobs.qsize() == 4
+        first = jobs.get(timeout=5)
+        assert first.payload == {"n": 0}
+        first.ack()
+        second = jobs.get(timeout=5)
+        second.requeue()  # released: ready again at once, the attempt not counted
+        again = jobs.get(timeout=5)
+        assert again.payload == {"n": 1}
+        assert again.delivery_tag != second.delivery_tag  # another delivery
+        again.reject()  # without requeue: gone, as AMQP drops it
+        assert jobs.qsize() == 2
+        assert jobs.clear() == 2
+        assert jobs.qsize() == 0
+        with pytest.raises(jobs.Empty):
+            jobs.get(timeout=0.2)
+        jobs.close()
+    assert queue.stats() == {}
+
+
+def test_higher_priority_first_then_oldest(broker: tuple[str, Queue]) -> None:
+    with _connect(broker) as conn:
+        jobs = conn.SimpleQueue("jobs")
+        jobs.put({"n": "low"}, priority=0)
+        jobs.put({"n": "high"}, priority=9)
+        jobs.put({"n": "mid"}, priority=5)
+        got = []
+        for _ in range(3):
+            message = jobs.get(timeout=5)
+            got.append(message.payload["n"])
+            message.ack()
+        assert got == ["high", "mid", "low"]
+        jobs.close()
+
+
+def test_a_consumer_leases_no_more_than_its_prefetch(broker: tuple[str, Queue]) -> None:
+    _, queue = broker
+    with _connect(broker) as conn:
+        producer = conn.Producer()
+        for n in range(10):
+            producer.publish({"n": n}, routing_key="jobs", declare=[kombu.Queue("jobs")])
+        seen: list[kombu.Message] = []
+        with conn.Consumer(kombu.Queue("jobs"), callbacks=[lambda _, m: seen.append(m)]) as c:
+            c.qos(prefetch_count=3)
+            deadline = time.monotonic() + 10
+            while len(seen) < 3 and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.3)  # three unacked: no more is leased
+            assert queue.stats()["jobs"].leased == 3
+            for message in seen:
+                message.ack()
+    assert queue.stats()["jobs"].ready == 7
+
+
+def test_a_delivery_never_acked_comes_back_when_its_lease_runs_out(
+    broker: tuple[str, Queue],
+) -> None:
+    """A consumer that dies holding a delivery (its channel never closed, its keeper gone):
+    the message is delivered again once the lease runs out, to another connection."""
+    dead = _connect(broker, visibility_timeout=1.0)
+    jobs = dead.SimpleQueue("jobs")
+    jobs.put({"n": 1})
+    held = jobs.get(timeout=5)
+    assert held.payload == {"n": 1}
+    dead.transport.keeper.stop()  # as if the process died: nothing renews the lease
+    with _connect(broker) as conn:
+        other = conn.SimpleQueue("jobs")
+        with pytest.raises(other.Empty):
+            other.get(timeout=0.3)  # leased
+        time.sleep(1.0)
+        again = other.get(timeout=5)
+        assert again.payload == {"n": 1}
+        assert again.delivery_info["redelivered"] is True
+        again.ack()
+        other.close()
+    dead.close()  # its release finds the lease gone: logged, nothing raised
+
+
+def test_held_deliveries_outlive_the_visibility_timeout(broker: tuple[str, Queue]) -> None:
+    """The keeper renews the leases of unacked deliveries: a long task keeps its message."""
+    with _connect(broker, visibility_timeout=0.9) as conn:
+        jobs = conn.SimpleQueue("jobs")
+        jobs.put({"n": 1})
+        held = jobs.get(timeout=5)
+        time.sleep(2.0)  # more than twice the lease
+        _, queue = broker
+        assert queue.get_many("jobs", 10) == []  # still leased to the holder
+        held.ack()
+        jobs.close()
+
+
+def test_the_squeal_alias_and_an_explicit_transport(broker: tuple[str, Queue]) -> None:
+    """``squeal+URL``; or the transport given itself, with a URL kombu does not split (no
+    ``+`` in its scheme: the database's default driver) or the URL as a transport option."""
+    url, queue = broker
+    assert kombu.Connection(url).transport_cls == "squeal"
+    database = sa.make_url(url.removeprefix("squeal+"))
+    plain = database.set(drivername=database.get_backend_name())
+    for broker_url, options in [
+        (plain.render_as_string(hide_password=False), {}),
+        ("squeal://", {"url": database.render_as_string(hide_password=False)}),
+    ]:
+        with kombu.Connection(
+            broker_url,
+            transport=squeal.kombu.Transport,
+            transport_options={"prefix": queue.prefix, "create_tables": False, **options},
+        ) as conn:
+            jobs = conn.SimpleQueue("jobs")
+            jobs.put({"url": broker_url})
+            message = jobs.get(timeout=5)
+            assert message.payload == {"url": broker_url}
+            message.ack()
+            jobs.close()
+
+
+def test_a_task_sent_in_the_callers_transaction_exists_only_if_it_commits(
+    broker: tuple[str, Queue],
+) -> None:
+    _, queue = broker
+    orders = sa.Table(f"{queue.prefix}_orders", sa.MetaData(), sa.Column("id", sa.Integer))
+    engine = queue.engine
+    orders.create(engine)
+    app = Celery("sender", broker=broker[0])
+    app.conf.broker_transport_options = {"prefix": queue.prefix, "create_tables": False}
+    try:
+
+        def failed_order() -> None:
+            with engine.begin() as conn, squeal.kombu.in_transaction(conn):
+                conn.execute(orders.insert().values(id=1))
+                app.send_task("receipt", args=[1])
+                raise RuntimeError("the order failed")
+
+        with pytest.raises(RuntimeError):
+            failed_order()
+        assert queue.stats() == {}  # rolled back with the order
+        with engine.begin() as conn, squeal.kombu.in_transaction(conn):
+            conn.execute(orders.insert().values(id=2))
+            app.send_task("receipt", args=[2])
+        app.send_task("outside", args=[3])  # outside the block: its own transaction
+        sent = queue.get_many("celery", 10)
+        assert [json.loads(m.payload)["headers"]["task"] for m in sent] == ["receipt", "outside"]
+        queue.ack_many(sent)
+    finally:
+        app.close()
+        orders.drop(engine)
+
+
+def test_a_message_that_is_not_kombus_is_nacked_not_delivered(broker: tuple[str, Queue]) -> None:
+    """Something else put raw bytes on the topic: the consumer skips it (nacked with the
+    reason, so it dies after its attempts) and delivers the next one."""
+    _, queue = broker
+    foreign = queue.put(b"not json", "jobs")
+    with _connect(broker) as conn:
+        jobs = conn.SimpleQueue("jobs")
+        jobs.put({"n": 1})
+        message = jobs.get(timeout=5)
+        assert message.payload == {"n": 1}
+        message.ack()
+        jobs.close()
+    stats = queue.stats()["jobs"]
+    assert (stats.ready, stats.delayed, stats.leased) == (0, 1, 0)  # backing off
+    assert foreign is not None
