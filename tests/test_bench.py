@@ -203,3 +203,20 @@ def test_soak_on_a_private_postgresql_at_its_defaults(tmp_path: Path) -> None:
     port = int(result["url"].split(":")[-1].split("/")[0])
     with socket.socket() as probe:  # stopped: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.dialects("sqlite")  # the same code measures every broker: one database suffices
+def test_celery_bench_measures_squeal_and_kombus_own_sqlalchemy_transport(
+    db_url: str, tmp_path: Path
+) -> None:
+    stdout, document = _bench(tmp_path, "--celery", "30", "--url", db_url)
+    results = document["celery"]
+    assert [r["broker"].split("+")[0] for r in results] == ["squeal", "sqla"]
+    assert all(r["tasks_per_s"] > 0 and r["sent_per_s"] > 0 for r in results), results
+    assert "tasks/s" in stdout
+    (raw,) = document["raw"]  # squeal's own queue rows, beside which RabbitMQ's and Redis' go
+    assert raw["put"] > 0, raw
+    assert raw["get_ack"] > 0, raw
+    engine = sa.create_engine(db_url)
+    assert sa.inspect(engine).get_table_names() == []  # both brokers' tables dropped
+    engine.dispose()

@@ -997,6 +997,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure squeal on a private 3-node MariaDB Galera cluster, by topology, SECONDS "
         "per topology (needs mariadbd, galera-4 and rsync; docs/scaling.md)",
     )
+    group.add_argument(
+        "--celery",
+        metavar="TASKS",
+        type=int,
+        default=None,
+        help="measure Celery tasks/s end to end instead of the rows: squeal and kombu's "
+        "SQLAlchemy transport on each --url, and each --celery-broker (needs squeal[celery])",
+    )
+    group.add_argument(
+        "--celery-broker",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="another Celery broker to measure beside squeal (repeatable), e.g. "
+        "amqp://guest:guest@127.0.0.1:5672// or redis://127.0.0.1:6379/15",
+    )
     soak = parser.add_argument_group("soak options (docs/operations.md)")
     soak.add_argument(
         "--soak",
@@ -1052,6 +1068,17 @@ def _urls(args: argparse.Namespace, scratch: Path) -> list[sa.URL]:
     return [sa.make_url(text) for text in texts]
 
 
+def _celery(args: argparse.Namespace) -> int:
+    """``--celery``: Celery tasks/s by broker (squeal.cli.bench_celery)."""
+    from squeal.cli import bench_celery
+
+    scratch = Path(tempfile.mkdtemp(prefix="squeal-bench-"))
+    try:
+        return bench_celery.run(_urls(args, scratch), args.celery_broker, args.celery, args.json)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the bench for every ``--url``; print the tables; 0 on success."""
     sizes = QUICK if args.quick else FULL
@@ -1072,6 +1099,8 @@ def run(args: argparse.Namespace) -> int:
         from squeal.cli import bench_galera
 
         return bench_galera.run(args.galera, args.json)
+    if getattr(args, "celery", None) is not None:
+        return _celery(args)
     if getattr(args, "soak", None) is not None:
         from squeal.cli import soak
 
