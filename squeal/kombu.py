@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
+from squeal.completer import Completer, InFlight
 from squeal.errors import DatabaseError, LeaseLost, SquealError, ValidationError
 from squeal.message import Message
 from squeal.queue import Queue
@@ -73,6 +74,10 @@ def in_transaction(connection: sa.Connection) -> Iterator[None]:
 MOST_PER_CLAIM = 100
 #: How long a drain waits when every channel holds its prefetch, before it returns.
 FULL_PAUSE = 0.02
+#: Acks are committed every SETTLE_EVERY seconds, or at once when SETTLE_BATCH wait.
+SETTLE_EVERY, SETTLE_BATCH = 0.005, 200
+#: How long a purge or a queue length waits for the acks given before it to commit.
+ACKS_AWAITED = 2.0
 
 
 class Channel(virtual.Channel):
@@ -181,7 +186,7 @@ class Channel(virtual.Channel):
         for tag in tags:
             message = self._take(tag)
             if message is not None:
-                _settle(message, "ack")
+                self._transport.settle(message)
             super().basic_ack(tag)
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -211,9 +216,11 @@ class Channel(virtual.Channel):
         self.queue.purge(queue)
 
     def _purge(self, queue: str) -> int:
+        self._transport.await_acks()
         return self.queue.purge(queue)
 
     def _size(self, queue: str) -> int:
+        self._transport.await_acks()
         stats = self.queue.stats().get(queue)
         return 0 if stats is None else stats.ready + stats.delayed
 
@@ -259,14 +266,13 @@ class _Keeper:
             with self._lock:
                 channels = list(self._channels)
             held = [m for channel in channels for m in channel.held()]
+            held += self._transport.settling()
             if not held:
                 continue
             try:
                 self._transport.queue.touch_many(held)
-            except LeaseLost as lost:
-                log.warning(
-                    "squeal: %d deliveries' leases were lost before they were acked", lost.lost
-                )
+            except LeaseLost as lost:  # or acked meanwhile: a race the database settles
+                log.info("squeal: %d held deliveries lost their leases", lost.lost)
             except SquealError as error:
                 log.warning("squeal: renewing %d leases failed: %s", len(held), error)
 
@@ -304,6 +310,10 @@ class Transport(virtual.Transport):
         self._queue: Queue | None = None
         self._queue_lock = threading.Lock()
         self.keeper = _Keeper(self)
+        #: Acks not committed yet (their leases still renewed), and what commits them.
+        self._settling: set[InFlight] = set()
+        self._completer: Completer | None = None
+        self._completer_thread: threading.Thread | None = None
 
     @property
     def queue(self) -> Queue:
@@ -318,6 +328,43 @@ class Transport(virtual.Transport):
                     queue.create()
                 self._queue = queue
             return self._queue
+
+    def settle(self, message: Message) -> None:
+        """Ack ``message`` at the completer's next flush (acks are committed in batches, as
+        the squeal worker's: a crash before the flush costs a redelivery, never a loss)."""
+        entry = InFlight(message, renew_at=0.0)
+        queue = self.queue
+        with self._queue_lock:
+            if self._completer is None:
+                self._completer = Completer(
+                    queue, self._settled, every=SETTLE_EVERY, batch=SETTLE_BATCH
+                )
+                self._completer_thread = threading.Thread(
+                    target=self._completer.run, name="squeal-kombu-acks", daemon=True
+                )
+                self._completer_thread.start()
+            self._settling.add(entry)
+            completer = self._completer
+        completer.add(entry)
+
+    def _settled(self, entries: list[InFlight], acked: int, failed: int) -> None:
+        with self._queue_lock:
+            self._settling.difference_update(entries)
+
+    def await_acks(self, most: float = ACKS_AWAITED) -> None:
+        """Wait (``most`` seconds at most) for the acks given so far to commit: a purge or a
+        length then counts none of those messages."""
+        deadline = time.monotonic() + most
+        while time.monotonic() < deadline:
+            with self._queue_lock:
+                if not self._settling:
+                    return
+            time.sleep(0.001)
+
+    def settling(self) -> list[Message]:
+        """The messages whose acks wait for a flush (for the keeper)."""
+        with self._queue_lock:
+            return [e.message for e in self._settling if not (e.settling or e.done)]
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         """Deliver what the channels may take now, waiting up to ``timeout``; when no channel
@@ -339,6 +386,12 @@ class Transport(virtual.Transport):
 
     def close_connection(self, connection: Any) -> None:
         super().close_connection(connection)
+        with self._queue_lock:
+            completer, thread = self._completer, self._completer_thread
+            self._completer = self._completer_thread = None
+        if completer is not None and thread is not None:
+            completer.close()  # commits the acks that wait
+            thread.join()
         self.keeper.stop()
         with self._queue_lock:
             queue, self._queue = self._queue, None

@@ -140,8 +140,11 @@ def measure(broker: str, tasks: int) -> dict[str, Any]:
             worker.kill()
             worker.wait()
         log.close()
-        _delete_queue(sender, f"{prefix}_tasks")
-        sender.close()
+        for cleanup in (lambda: _delete_queue(sender, f"{prefix}_tasks"), sender.close):
+            try:
+                cleanup()
+            except Exception as error:  # the broker failed the run already: drop what is left
+                print(f"squeal bench: cleaning up failed: {error}", file=sys.stderr)
         _drop(broker, prefix)
 
 
@@ -186,6 +189,18 @@ def brokers(urls: list[sa.URL], others: list[str]) -> list[str]:
     return [f"squeal+{u}" for u in plain] + [f"sqla+{u}" for u in plain] + others
 
 
+def _measured_apart(broker: str, tasks: int) -> dict[str, Any]:
+    """:func:`measure` in a process of its own: kombu's SQLAlchemy transport keeps state per
+    process that breaks a second connection to another database."""
+    child = [sys.executable, "-m", "squeal.cli.bench_celery", broker, str(tasks)]
+    done = subprocess.run(child, capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"broker": _shown(broker), "tasks": tasks, "error": done.stderr[-600:]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
 def _raw_rows(urls: list[sa.URL], others: list[str], count: int) -> list[dict[str, Any]]:
     """The raw queue rows (squeal.cli.bench_brokers) of squeal on each URL and each other
     broker, printed as a second table."""
@@ -218,7 +233,7 @@ def run(urls: list[sa.URL], others: list[str], tasks: int, json_path: Path | Non
     results = []
     for broker in brokers(urls, others):
         print(f"squeal bench: celery on {_shown(broker)} ...", file=sys.stderr, flush=True)
-        results.append(measure(broker, tasks))
+        results.append(_measured_apart(broker, tasks))
     print(
         f"squeal bench --celery: {tasks} no-op tasks end to end (sent, then run by one worker "
         "process: threads pool, concurrency 4, acks_late, prefetch multiplier 4)"
@@ -236,3 +251,7 @@ def run(urls: list[sa.URL], others: list[str], tasks: int, json_path: Path | Non
         document = {"celery": results, "raw": raw, "tasks": tasks}
         json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return 1 if failed else 0
+
+
+if __name__ == "__main__":  # one measurement, as a JSON line (see _measured_apart)
+    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]))))
