@@ -6,9 +6,11 @@
 reads ``a+b://`` as transport ``a``): ``postgresql://...``, or the URL in the transport option
 ``url``.
 
-A delivery is a squeal lease: ``basic_ack`` is squeal's ack, a requeueing reject or a recover
-releases the message (ready again at once, the attempt not counted), a reject without requeue
-deletes it (AMQP drops such a message). Leases of the deliveries a worker holds are renewed
+A delivery is a squeal lease: ``basic_ack`` is squeal's ack (committed in batches), a
+requeueing reject nacks without a delay (ready again at once, the attempt counted, so a task
+that kills its worker ends dead after ``max_attempts``), a recover or a closing channel
+releases (the attempt not counted), a reject without requeue deletes it (AMQP drops such a
+message). Leases of the deliveries a worker holds are renewed
 by a keeper thread, so a task may run for longer than ``visibility_timeout``; when a worker
 dies its deliveries come back once their leases run out, so ``acks_late`` tasks survive
 SIGKILL. Prefetch is kombu's QoS (Celery's ``worker_prefetch_multiplier``): a channel never
@@ -20,7 +22,8 @@ Transport options (``broker_transport_options``): ``url`` (the database's SQLAlc
 instead of the broker URL's), ``prefix`` (squeal's table prefix,
 ``"squeal"``), ``visibility_timeout`` (seconds, 60), ``create_tables`` (True: create or
 upgrade squeal's tables on first use), ``wait`` (the longest a claim waits for a message on
-a single queue, 1 s), ``engine_options`` (a dict for :func:`sqlalchemy.create_engine`).
+a single queue, 1 s; several queues are polled every ``POLL`` seconds), ``engine_options`` (a
+dict for :func:`sqlalchemy.create_engine`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import sqlalchemy as sa
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
 from squeal.completer import Completer, InFlight
-from squeal.errors import DatabaseError, LeaseLost, SquealError, ValidationError
+from squeal.errors import AlreadySettled, DatabaseError, LeaseLost, SquealError, ValidationError
 from squeal.message import Message
 from squeal.queue import Queue
 
@@ -74,10 +77,14 @@ def in_transaction(connection: sa.Connection) -> Iterator[None]:
 MOST_PER_CLAIM = 100
 #: How long a drain waits when every channel holds its prefetch, before it returns.
 FULL_PAUSE = 0.02
+#: Seconds between claims when a channel consumes several queues and all were empty.
+POLL = 0.1
 #: Acks are committed every SETTLE_EVERY seconds, or at once when SETTLE_BATCH wait.
 SETTLE_EVERY, SETTLE_BATCH = 0.005, 200
 #: How long a purge or a queue length waits for the acks given before it to commit.
 ACKS_AWAITED = 2.0
+#: Seconds before renewing leases again after a renewal failed.
+RENEW_RETRY = 1.0
 
 
 class Channel(virtual.Channel):
@@ -88,12 +95,12 @@ class Channel(virtual.Channel):
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
-        #: The squeal message behind each delivery this channel holds, by delivery tag.
-        self._held: dict[str, Message] = {}
-        self._lock = threading.Lock()
-        self._next = 0  # round-robin start among the active queues
         self._transport = connection
-        connection.keeper.watch(self)
+        self._next = 0  # round-robin start among the active queues
+        #: Queues consumed without acks: a delivery from them is acked as it is handed out.
+        self._noack_queues: set[str] = set()
+        #: The delivery tags this channel handed out that may still be held (see close).
+        self._tags: set[str] = set()
 
     @property
     def queue(self) -> Queue:
@@ -107,16 +114,41 @@ class Channel(virtual.Channel):
 
     # -- consuming ---------------------------------------------------------------------------
 
-    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        if no_ack:
+            self._noack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        if queue is not None:
+            self._noack_queues.discard(queue)
+        return super().basic_cancel(consumer_tag)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        try:
+            message = self.Message(self._get(queue, no_ack=no_ack), channel=self)
+        except Empty:
+            return None
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def _get(
+        self, queue: str, timeout: float | None = None, no_ack: bool = False
+    ) -> dict[str, Any]:
         while got := self.queue.get_many(queue, 1):
-            payload = self._delivery(got[0])
+            payload = self._delivery(got[0], no_ack or queue in self._noack_queues)
             if payload is not None:
                 return payload
         raise Empty()
 
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
         """Lease what kombu's QoS lets this channel take, from the first of ``queues`` (in
-        turn) that has messages, and deliver it; raise Empty when none has any."""
+        turn) that has messages, and deliver it; raise Empty when none has any (after a
+        claim that waited, or a pause of ``POLL`` seconds)."""
         room = self.qos.can_consume_max_estimate()
         most = MOST_PER_CLAIM if room is None else max(1, min(int(room), MOST_PER_CLAIM))
         order = queues[self._next :] + queues[: self._next]
@@ -125,55 +157,57 @@ class Channel(virtual.Channel):
         wait = most_wait if timeout is None else min(timeout, most_wait)
         for queue in order:
             got = self.queue.get_many(queue, most, wait=wait if len(queues) == 1 else 0.0)
-            delivered = 0
-            try:
-                for message in got:
-                    payload = self._delivery(message)
-                    delivered += 1
-                    if payload is not None:
-                        self._transport._deliver(payload, queue)
-            finally:
-                # A callback that raised: the rest were never handed over, so not held either.
-                for message in got[delivered:]:
-                    _give_back(message)
             if got:
+                self._hand_out(queue, got)
                 return
+        if len(queues) > 1:
+            time.sleep(min(POLL, wait))
         raise Empty()
 
-    def _delivery(self, message: Message) -> dict[str, Any] | None:
+    def _hand_out(self, queue: str, got: list[Message]) -> None:
+        """Deliver ``got`` to the queue's consumer; if a delivery raises, that message is
+        nacked (the attempt counted) and the rest, never handed out, released."""
+        no_ack = queue in self._noack_queues
+        index, tag = 0, ""
+        try:
+            for index, message in enumerate(got):  # noqa: B007 - read after a failure
+                tag = ""
+                payload = self._delivery(message, no_ack)
+                if payload is not None:
+                    tag = payload["properties"]["delivery_tag"]
+                    self._transport._deliver(payload, queue)
+        except BaseException as error:
+            failed = self._transport.take(tag) if tag else None
+            if failed is not None:
+                _nack(failed, f"its delivery failed: {type(error).__name__}: {error}")
+            for message in got[index + 1 :]:
+                _give_back(message)
+            raise
+
+    def _delivery(self, message: Message, no_ack: bool) -> dict[str, Any] | None:
         """kombu's message dict for a leased squeal message, with a delivery tag of its own
-        (a redelivery is another delivery); None for a message that is not kombu's (put on
-        the topic by something else): nacked with the reason, so it dies after its attempts
+        (a redelivery is another delivery), held until it is settled; acked at once for a
+        consumer without acks. None for a message that is not kombu's (put on the topic by
+        something else, or damaged): nacked with the reason, so it dies after its attempts
         instead of stopping the consumer."""
         try:
-            payload: dict[str, Any] = json.loads(message.payload)
-            if not isinstance(payload, dict) or "body" not in payload:
-                raise ValueError("no kombu message body")
-        except ValueError as error:
-            log.warning(
-                "squeal: message %d of %r is not a kombu message", message.id, message.topic
-            )
-            with suppress(SquealError):
-                message.nack(error=f"not a kombu message: {error}")
+            payload = _decoded(message.payload)
+            self.Message(dict(payload), channel=self)  # what kombu will do with it
+        except Exception as error:
+            log.warning("squeal: message %d of %r is not kombu's", message.id, message.topic)
+            _nack(message, f"not a kombu message: {type(error).__name__}: {error}")
             return None
         tag = uuid.uuid4().hex
-        properties = payload.setdefault("properties", {})
-        properties["delivery_tag"] = tag
+        payload["properties"]["delivery_tag"] = tag
         redelivered = message.attempts > 1
         payload["redelivered"] = redelivered
-        properties.setdefault("delivery_info", {})["redelivered"] = redelivered
-        with self._lock:
-            self._held[tag] = message
+        payload["properties"]["delivery_info"]["redelivered"] = redelivered
+        if no_ack:
+            self._transport.settle(message)
+        else:
+            self._transport.hold(tag, message)
+            self._tags.add(tag)
         return payload
-
-    def _take(self, delivery_tag: str) -> Message | None:
-        with self._lock:
-            return self._held.pop(delivery_tag, None)
-
-    def held(self) -> list[Message]:
-        """The messages of the deliveries this channel holds now (for the keeper)."""
-        with self._lock:
-            return list(self._held.values())
 
     # -- settling ----------------------------------------------------------------------------
 
@@ -184,20 +218,29 @@ class Channel(virtual.Channel):
             if delivery_tag in delivered:
                 tags = delivered[: delivered.index(delivery_tag) + 1]
         for tag in tags:
-            message = self._take(tag)
+            self._tags.discard(tag)
+            message = self._transport.take(tag)
             if message is not None:
                 self._transport.settle(message)
             super().basic_ack(tag)
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        message = self._take(delivery_tag)
-        if message is not None:
-            _settle(message, "release" if requeue else "ack")
-        self.qos.reject(delivery_tag, requeue=False)
+        self._tags.discard(delivery_tag)
+        message = self._transport.take(delivery_tag)
+        try:
+            if message is not None and requeue:
+                _nack(message, "rejected with requeue", delay=0.0)
+            elif message is not None:
+                _settle(message, "ack")
+        except SquealError as error:  # its lease runs out instead: redelivered
+            log.warning("squeal: a rejected delivery was not settled: %s", error)
+        finally:
+            self.qos.reject(delivery_tag, requeue=False)
 
     def _restore(self, message: Any) -> None:
         """Give back an unacked delivery (a recover, or the channel closing): released."""
-        held = self._take(message.delivery_tag)
+        self._tags.discard(message.delivery_tag)
+        held = self._transport.take(message.delivery_tag)
         if held is not None:
             _give_back(held)
 
@@ -213,9 +256,10 @@ class Channel(virtual.Channel):
         return True
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        self.queue.purge(queue)
+        self._purge(queue)
 
     def _purge(self, queue: str) -> int:
+        """Delete the topic's messages: every one, leased and dead ones too (docs/celery.md)."""
         self._transport.await_acks()
         return self.queue.purge(queue)
 
@@ -226,55 +270,11 @@ class Channel(virtual.Channel):
 
     def close(self) -> None:
         super().close()  # restores (releases) what is unacked
-        self._transport.keeper.forget(self)
-        with self._lock:
-            left, self._held = list(self._held.values()), {}
-        for message in left:
-            _give_back(message)
-
-
-class _Keeper:
-    """Renews the leases of every delivery the transport's channels hold, every third of
-    the visibility timeout, on a daemon thread started with the first channel."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-        self._channels: list[Channel] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, channel: Channel) -> None:
-        with self._lock:
-            self._channels.append(channel)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="squeal-kombu-leases", daemon=True
-                )
-                self._thread.start()
-
-    def forget(self, channel: Channel) -> None:
-        with self._lock, suppress(ValueError):
-            self._channels.remove(channel)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        every = self._transport.visibility_timeout / 3
-        while not self._stop.wait(every):
-            with self._lock:
-                channels = list(self._channels)
-            held = [m for channel in channels for m in channel.held()]
-            held += self._transport.settling()
-            if not held:
-                continue
-            try:
-                self._transport.queue.touch_many(held)
-            except LeaseLost as lost:  # or acked meanwhile: a race the database settles
-                log.info("squeal: %d held deliveries lost their leases", lost.lost)
-            except SquealError as error:
-                log.warning("squeal: renewing %d leases failed: %s", len(held), error)
+        for tag in list(self._tags):  # handed out, never tracked by the QoS
+            held = self._transport.take(tag)
+            if held is not None:
+                _give_back(held)
+        self._tags.clear()
 
 
 class Transport(virtual.Transport):
@@ -284,7 +284,7 @@ class Transport(virtual.Transport):
     driver_type = "sql"
     driver_name = "squeal"
     can_parse_url = True
-    #: A claim on a single queue waits for messages itself (LISTEN on PostgreSQL).
+    #: A claim waits for messages itself (LISTEN on PostgreSQL; ``POLL`` for several queues).
     polling_interval = 0.0
     connection_errors = (*virtual.Transport.connection_errors, DatabaseError)  # type: ignore[assignment]
     channel_errors = (*virtual.Transport.channel_errors, DatabaseError)  # type: ignore[assignment]
@@ -308,17 +308,21 @@ class Transport(virtual.Transport):
         self._engine_options = dict(options["engine_options"])
         self._url = options["url"] or _database_url(client)
         self._queue: Queue | None = None
-        self._queue_lock = threading.Lock()
-        self.keeper = _Keeper(self)
+        self._lock = threading.Lock()
+        self._closed = False
+        #: The squeal message behind each delivery held by any channel, by delivery tag.
+        self._held: dict[str, Message] = {}
         #: Acks not committed yet (their leases still renewed), and what commits them.
         self._settling: set[InFlight] = set()
         self._completer: Completer | None = None
         self._completer_thread: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
+        self._stop_keeper = threading.Event()
 
     @property
     def queue(self) -> Queue:
         """The squeal queue behind this connection (made at first use)."""
-        with self._queue_lock:
+        with self._lock:
             if self._queue is None:
                 engine = sa.create_engine(self._url, **self._engine_options)
                 queue = Queue(
@@ -329,13 +333,48 @@ class Transport(virtual.Transport):
                 self._queue = queue
             return self._queue
 
+    # -- held deliveries and their leases ------------------------------------------------------
+
+    def hold(self, tag: str, message: Message) -> None:
+        """Keep ``message`` (delivery ``tag``) leased until it is settled."""
+        with self._lock:
+            self._held[tag] = message
+            if self._keeper is None and not self._closed:
+                self._keeper = threading.Thread(
+                    target=self._keep, name="squeal-kombu-leases", daemon=True
+                )
+                self._keeper.start()
+
+    def take(self, tag: str) -> Message | None:
+        """The held message of delivery ``tag`` (no longer held), if any."""
+        with self._lock:
+            return self._held.pop(tag, None)
+
+    def _keep(self) -> None:
+        """Renew the leases of held deliveries and of acks not committed yet, every third of
+        the visibility timeout (sooner again after a failure)."""
+        every = self.visibility_timeout / 3
+        while not self._stop_keeper.wait(every):
+            with self._lock:
+                queue = self._queue
+                held = [*self._held.values()]
+                held += [e.message for e in self._settling if not (e.settling or e.done)]
+            held = [m for m in held if not (m.settled or m.pending)]
+            if queue is None or not held:
+                continue
+            every = self.visibility_timeout / 3 if _renew(queue, held) else RENEW_RETRY
+
+    # -- acks ----------------------------------------------------------------------------------
+
     def settle(self, message: Message) -> None:
         """Ack ``message`` at the completer's next flush (acks are committed in batches, as
         the squeal worker's: a crash before the flush costs a redelivery, never a loss)."""
+        with self._lock:
+            closed = self._closed
+        queue = None if closed else self.queue
         entry = InFlight(message, renew_at=0.0)
-        queue = self.queue
-        with self._queue_lock:
-            if self._completer is None:
+        with self._lock:
+            if queue is not None and not self._closed and self._completer is None:
                 self._completer = Completer(
                     queue, self._settled, every=SETTLE_EVERY, batch=SETTLE_BATCH
                 )
@@ -343,12 +382,16 @@ class Transport(virtual.Transport):
                     target=self._completer.run, name="squeal-kombu-acks", daemon=True
                 )
                 self._completer_thread.start()
-            self._settling.add(entry)
             completer = self._completer
-        completer.add(entry)
+            if completer is not None:
+                self._settling.add(entry)
+        if completer is None:  # closed: at once
+            _settle(message, "ack")
+        else:
+            completer.add(entry)
 
     def _settled(self, entries: list[InFlight], acked: int, failed: int) -> None:
-        with self._queue_lock:
+        with self._lock:
             self._settling.difference_update(entries)
 
     def await_acks(self, most: float = ACKS_AWAITED) -> None:
@@ -356,15 +399,12 @@ class Transport(virtual.Transport):
         length then counts none of those messages."""
         deadline = time.monotonic() + most
         while time.monotonic() < deadline:
-            with self._queue_lock:
+            with self._lock:
                 if not self._settling:
                     return
             time.sleep(0.001)
 
-    def settling(self) -> list[Message]:
-        """The messages whose acks wait for a flush (for the keeper)."""
-        with self._queue_lock:
-            return [e.message for e in self._settling if not (e.settling or e.done)]
+    # -- the connection ------------------------------------------------------------------------
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         """Deliver what the channels may take now, waiting up to ``timeout``; when no channel
@@ -385,19 +425,54 @@ class Transport(virtual.Transport):
                     raise TimeoutError() from None
 
     def close_connection(self, connection: Any) -> None:
-        super().close_connection(connection)
-        with self._queue_lock:
+        super().close_connection(connection)  # the channels release what they hold
+        with self._lock:
+            self._closed = True
             completer, thread = self._completer, self._completer_thread
             self._completer = self._completer_thread = None
+            keeper, self._keeper = self._keeper, None
         if completer is not None and thread is not None:
             completer.close()  # commits the acks that wait
             thread.join()
-        self.keeper.stop()
-        with self._queue_lock:
+        self._stop_keeper.set()
+        if keeper is not None:
+            keeper.join()
+        with self._lock:
             queue, self._queue = self._queue, None
         if queue is not None:
             queue.close()
             queue.engine.dispose()
+
+
+def _renew(queue: Queue, held: list[Message]) -> bool:
+    """Extend ``held``'s leases; False when the database could not be asked (try again soon).
+    A message settled meanwhile (by the completer, a reject) is not an error."""
+    try:
+        queue.touch_many(held)
+    except AlreadySettled:
+        for message in held:  # one by one: the settled ones are skipped
+            with suppress(AlreadySettled, LeaseLost):
+                if not message.settled:
+                    queue.touch_many([message])
+    except LeaseLost as lost:  # or acked meanwhile: a race the database settles
+        log.info("squeal: %d held deliveries lost their leases", lost.lost)
+    except SquealError as error:
+        log.warning("squeal: renewing %d leases failed (tried again): %s", len(held), error)
+        return False
+    return True
+
+
+def _decoded(raw: bytes) -> dict[str, Any]:
+    """A kombu message dict as the transport stored it, its parts checked."""
+    payload = json.loads(raw)
+    if not isinstance(payload, dict) or not isinstance(payload.get("body"), str):
+        raise ValueError("no kombu message body")
+    properties = payload.setdefault("properties", {})
+    if not isinstance(properties, dict):
+        raise ValueError("its properties are not a mapping")
+    if not isinstance(properties.setdefault("delivery_info", {}), dict):
+        raise ValueError("its delivery_info is not a mapping")
+    return payload
 
 
 def _database_url(client: Any) -> str:
@@ -422,6 +497,14 @@ def _give_back(message: Message) -> None:
         _settle(message, "release")
     except SquealError as error:
         log.warning("squeal: a delivery could not be released (its lease will run out): %s", error)
+
+
+def _nack(message: Message, reason: str, delay: float | None = None) -> None:
+    """Nack a delivery's message (its attempt counted), logging instead of raising."""
+    try:
+        message.nack(error=reason, delay=delay)
+    except SquealError as error:
+        log.warning("squeal: a delivery could not be nacked (its lease will run out): %s", error)
 
 
 def _settle(message: Message, how: str) -> None:

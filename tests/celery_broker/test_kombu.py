@@ -48,10 +48,11 @@ def test_publish_consume_ack_reject_purge_and_length(broker: tuple[str, Queue]) 
         assert first.payload == {"n": 0}
         first.ack()
         second = jobs.get(timeout=5)
-        second.requeue()  # released: ready again at once, the attempt not counted
+        second.requeue()  # nacked without delay: ready again at once, the attempt counted
         again = jobs.get(timeout=5)
         assert again.payload == {"n": 1}
         assert again.delivery_tag != second.delivery_tag  # another delivery
+        assert again.delivery_info["redelivered"] is True
         again.reject()  # without requeue: gone, as AMQP drops it
         assert jobs.qsize() == 2
         assert jobs.clear() == 2
@@ -107,7 +108,7 @@ def test_a_delivery_never_acked_comes_back_when_its_lease_runs_out(
     jobs.put({"n": 1})
     held = jobs.get(timeout=5)
     assert held.payload == {"n": 1}
-    dead.transport.keeper.stop()  # as if the process died: nothing renews the lease
+    dead.transport._stop_keeper.set()  # as if the process died: nothing renews the lease
     with _connect(broker) as conn:
         other = conn.SimpleQueue("jobs")
         with pytest.raises(other.Empty):
@@ -205,3 +206,24 @@ def test_a_message_that_is_not_kombus_is_nacked_not_delivered(broker: tuple[str,
     stats = queue.stats()["jobs"]
     assert (stats.ready, stats.delayed, stats.leased) == (0, 1, 0)  # backing off
     assert foreign is not None
+
+
+def test_a_consumer_without_acks_holds_nothing(broker: tuple[str, Queue]) -> None:
+    """``no_ack`` (Celery's rpc:// results consume so): each delivery is acked as it is
+    handed out, never held or renewed."""
+    _, queue = broker
+    with _connect(broker) as conn:
+        producer = conn.Producer()
+        for n in range(3):
+            producer.publish({"n": n}, routing_key="replies", declare=[kombu.Queue("replies")])
+        seen: list[kombu.Message] = []
+        consumer = conn.Consumer(
+            kombu.Queue("replies"), callbacks=[lambda _, m: seen.append(m)], no_ack=True
+        )
+        with consumer:
+            deadline = time.monotonic() + 10
+            while len(seen) < 3 and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+        assert sorted(m.payload["n"] for m in seen) == [0, 1, 2]
+        conn.transport.await_acks()
+        assert queue.stats() == {}
