@@ -4,6 +4,9 @@ Options:
   --db sqlite,postgresql,mysql   which databases to run (default: all three); an entry may
                                  name a driver too (postgresql+pg8000, mariadb+mysqlconnector)
   --require-db                   a missing server or tool fails the run instead of skipping
+  --database-tests-only          leave out the tests that take no database (docs, house rules,
+                                 migrations history, ...): CI runs each server in a lane of its
+                                 own and those tests once, in the SQLite lanes
 Server URLs: SQUEAL_TEST_POSTGRESQL_URL, SQUEAL_TEST_MYSQL_URL (loopback defaults below). On a
 default URL a missing ``test`` database is created; an unreachable server skips its tests with
 the reason (shown in the summary), or fails them under --require-db.
@@ -79,6 +82,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="fail (instead of skipping) when a selected database server or a tool a test "
         "needs (faketime, the PostgreSQL server programs, ...) is missing",
+    )
+    group.addoption(
+        "--database-tests-only",
+        action="store_true",
+        help="leave out the tests that take no database (run them in another lane, once)",
     )
 
 
@@ -276,13 +284,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect tests whose databases were all left out by --db (an empty parametrization)."""
+    """Deselect tests whose databases were all left out by --db (an empty parametrization),
+    and under --database-tests-only the tests that take no database."""
     keep, drop = [], []
+    databases_only = bool(config.getoption("--database-tests-only"))
     for item in items:
         skip = item.get_closest_marker("skip")
         reason = str(skip.kwargs.get("reason", "")) if skip else ""
         empty = reason.startswith("got empty parameter set") and "(db)" in reason
-        (drop if empty else keep).append(item)
+        callspec = getattr(item, "callspec", None)
+        dbless = callspec is None or "db" not in callspec.params
+        (drop if empty or (databases_only and dbless) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
