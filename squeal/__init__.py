@@ -23,6 +23,7 @@ from squeal.errors import (
     UnsupportedDatabase,
     ValidationError,
 )
+from squeal.exchange import Binding
 from squeal.limits import Limit
 from squeal.message import DeadMessage, Message, PeekedMessage, TopicStats
 from squeal.queue import Queue
@@ -35,6 +36,7 @@ from squeal.worker import Worker
 __all__ = [
     "AlreadyReleased",
     "AlreadySettled",
+    "Binding",
     "Buffer",
     "DatabaseBusy",
     "DatabaseError",

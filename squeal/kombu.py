@@ -14,9 +14,14 @@ message). Leases of the deliveries a worker holds are renewed
 by a keeper thread, so a task may run for longer than ``visibility_timeout``; when a worker
 dies its deliveries come back once their leases run out, so ``acks_late`` tasks survive
 SIGKILL. Prefetch is kombu's QoS (Celery's ``worker_prefetch_multiplier``): a channel never
-leases more than its QoS lets it hold. Queues are squeal topics; direct and topic exchanges
-route in the publishing process (kombu's virtual exchanges), fanout exchanges are not
-supported (Celery's remote control and broadcast queues need them).
+leases more than its QoS lets it hold. Queues are squeal topics. Bindings are squeal's
+(``Queue.bind``, shared by every process): a fanout exchange (Celery's remote control and
+broadcast queues) puts a copy into every bound queue in one transaction (``Queue.publish``);
+a direct or topic exchange routes to the queues this process bound when one matches, else to
+those bound anywhere. A queue declared with ``expires`` (x-expires) keeps its bindings only
+while a process that bound it lives (renewed by its keeper thread); ``message_ttl``
+(x-message-ttl) is each copy's ttl; an ``auto_delete`` queue is unbound and purged when the
+channel that declared it closes.
 
 Transport options (``broker_transport_options``): ``url`` (the database's SQLAlchemy URL,
 instead of the broker URL's), ``prefix`` (squeal's table prefix,
@@ -41,6 +46,7 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from kombu.transport import TRANSPORT_ALIASES, virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 
 from squeal.completer import Completer, InFlight
 from squeal.errors import AlreadySettled, DatabaseError, LeaseLost, SquealError, ValidationError
@@ -101,6 +107,8 @@ class Channel(virtual.Channel):
         self._noack_queues: set[str] = set()
         #: The delivery tags this channel handed out that may still be held (see close).
         self._tags: set[str] = set()
+        #: The arguments each queue was declared with (x-expires, x-message-ttl, auto_delete).
+        self._declared: dict[str, dict[str, Any]] = {}
 
     @property
     def queue(self) -> Queue:
@@ -111,6 +119,60 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message)
         self.queue.put(_encode(message), queue, priority=priority, connection=_CALLERS.get())
+
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **_: Any
+    ) -> None:
+        """A copy into every queue bound to ``exchange``, in one transaction."""
+        priority = self._get_message_priority(message)
+        self.queue.publish(_encode(message), exchange, priority=priority, connection=_CALLERS.get())
+
+    # -- exchanges and bindings ----------------------------------------------------------------
+
+    supports_fanout = True
+
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        """``expires`` and ``message_ttl`` as x-expires and x-message-ttl (milliseconds)."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
+        """Record the binding in squeal's table, where every process routes by it."""
+        arguments = self._declared.get(queue, {}).get("arguments") or {}
+        ttl, expires = (
+            _seconds(arguments.get("x-message-ttl")),
+            _seconds(arguments.get("x-expires")),
+        )
+        self.queue.bind(
+            exchange,
+            queue,
+            key=routing_key or "",
+            ttl=ttl,
+            expires=expires,
+            connection=_CALLERS.get(),  # a declare inside in_transaction: in that transaction
+        )
+        if expires is not None:
+            self._transport.renew_binding((exchange, routing_key or "", queue), ttl, expires)
+
+    def get_table(self, exchange: str) -> list[tuple[str, Any, str]]:
+        """The exchange's bindings: this process's, then those of every process."""
+        kind = self.typeof(exchange)
+        table = list(self.state.exchanges.get(exchange, {}).get("table", []))
+        for binding in self.queue.bindings(exchange):
+            meta = kind.prepare_bind(binding.topic, exchange, binding.key, None)
+            if meta not in table:
+                table.append(meta)
+        return table
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
+        """The queues a publish reaches: those this process bound when one matches (no
+        database read on the hot path), else those bound anywhere."""
+        kind = self.typeof(exchange)
+        if exchange and kind.type != "fanout" and exchange in self.state.exchanges:
+            local = self.state.exchanges[exchange].get("table", [])
+            found = kind.lookup(local, exchange, routing_key, None)
+            if found:
+                return list(found)
+        return list(super()._lookup(exchange, routing_key, default))
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -250,12 +312,19 @@ class Channel(virtual.Channel):
     # -- queues --------------------------------------------------------------------------------
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        """Topics need no declaring."""
+        """Topics need no declaring; the arguments are kept for the queue's bindings."""
+        self._declared[queue] = kwargs
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return True
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        """Unbind the queue (from ``exchange`` when given) and delete its messages."""
+        exchange = args[0] if args else None
+        if exchange:
+            routing_key = str(args[1] or "") if len(args) > 1 else None
+            self.queue.unbind(exchange, queue, key=routing_key)
+            self._transport.renew_binding((exchange, routing_key or "", queue), None, None)
         self._purge(queue)
 
     def _purge(self, queue: str) -> int:
@@ -269,12 +338,26 @@ class Channel(virtual.Channel):
         return 0 if stats is None else stats.ready + stats.delayed
 
     def close(self) -> None:
+        if not self.closed:
+            self._delete_auto_delete_queues()
         super().close()  # restores (releases) what is unacked
         for tag in list(self._tags):  # handed out, never tracked by the QoS
             held = self._transport.take(tag)
             if held is not None:
                 _give_back(held)
         self._tags.clear()
+
+    def _delete_auto_delete_queues(self) -> None:
+        """An auto_delete queue this channel declared goes with it: unbound and purged (its
+        deliveries still held are released by the close, and then purged by nobody: they
+        come back to whoever binds the queue again)."""
+        for queue, declared in list(self._declared.items()):
+            if not declared.get("auto_delete") or not self.state.queue_index.get(queue):
+                continue
+            try:
+                self.queue_delete(queue)
+            except SquealError as error:  # its bindings expire, if it declared x-expires
+                log.warning("squeal: auto_delete queue %r was not deleted: %s", queue, error)
 
 
 class Transport(virtual.Transport):
@@ -288,7 +371,9 @@ class Transport(virtual.Transport):
     polling_interval = 0.0
     connection_errors = (*virtual.Transport.connection_errors, DatabaseError)  # type: ignore[assignment]
     channel_errors = (*virtual.Transport.channel_errors, DatabaseError)  # type: ignore[assignment]
-    implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct", "topic"]))
+    implements = virtual.Transport.implements.extend(
+        exchange_type=frozenset(["direct", "topic", "fanout"])
+    )
     default_options: ClassVar[dict[str, Any]] = {
         "prefix": "squeal",
         "visibility_timeout": 60.0,
@@ -317,7 +402,12 @@ class Transport(virtual.Transport):
         self._completer: Completer | None = None
         self._completer_thread: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
+        #: Set to stop the keeper; and to wake it (stopping, or a new binding to renew).
         self._stop_keeper = threading.Event()
+        self._wake_keeper = threading.Event()
+        #: Bindings with a lifetime this process renews while it lives: (ttl, lifetime) by
+        #: (exchange, key, queue).
+        self._renewed: dict[tuple[str, str, str], tuple[float | None, float]] = {}
 
     @property
     def queue(self) -> Queue:
@@ -339,11 +429,28 @@ class Transport(virtual.Transport):
         """Keep ``message`` (delivery ``tag``) leased until it is settled."""
         with self._lock:
             self._held[tag] = message
-            if self._keeper is None and not self._closed:
-                self._keeper = threading.Thread(
-                    target=self._keep, name="squeal-kombu-leases", daemon=True
-                )
-                self._keeper.start()
+            self._start_keeper()
+
+    def renew_binding(
+        self, binding: tuple[str, str, str], ttl: float | None, lifetime: float | None
+    ) -> None:
+        """Renew ``binding`` (exchange, key, queue) every third of its ``lifetime`` while
+        this transport is open; ``lifetime`` None: no longer."""
+        with self._lock:
+            if lifetime is None:
+                self._renewed.pop(binding, None)
+            else:
+                self._renewed[binding] = (ttl, lifetime)
+                self._start_keeper()
+                self._wake_keeper.set()
+
+    def _start_keeper(self) -> None:
+        """Start the keeper thread unless it runs (call with the lock held)."""
+        if self._keeper is None and not self._closed:
+            self._keeper = threading.Thread(
+                target=self._keep, name="squeal-kombu-keeper", daemon=True
+            )
+            self._keeper.start()
 
     def take(self, tag: str) -> Message | None:
         """The held message of delivery ``tag`` (no longer held), if any."""
@@ -352,17 +459,39 @@ class Transport(virtual.Transport):
 
     def _keep(self) -> None:
         """Renew the leases of held deliveries and of acks not committed yet, every third of
-        the visibility timeout (sooner again after a failure)."""
-        every = self.visibility_timeout / 3
-        while not self._stop_keeper.wait(every):
+        the visibility timeout, and the bindings with a lifetime, every third of theirs
+        (sooner again after a failure)."""
+        leases_due = bindings_due = time.monotonic() + self.visibility_timeout / 3
+        while True:
+            self._wake_keeper.wait(max(0.0, min(leases_due, bindings_due) - time.monotonic()))
             with self._lock:
+                if self._stop_keeper.is_set():
+                    return
+                woken = self._wake_keeper.is_set()
+                self._wake_keeper.clear()
                 queue = self._queue
-                held = [*self._held.values()]
-                held += [e.message for e in self._settling if not (e.settling or e.done)]
-            held = [m for m in held if not (m.settled or m.pending)]
-            if queue is None or not held:
+                renewed = dict(self._renewed)
+            now = time.monotonic()
+            if queue is None:
+                leases_due = bindings_due = now + RENEW_RETRY
                 continue
-            every = self.visibility_timeout / 3 if _renew(queue, held) else RENEW_RETRY
+            if now >= leases_due:
+                ok = self._renew_leases(queue)
+                leases_due = now + (self.visibility_timeout / 3 if ok else RENEW_RETRY)
+            every = min((life / 3 for _, life in renewed.values()), default=None)
+            every = self.visibility_timeout / 3 if every is None else every
+            if woken:  # a binding was just made: its first renewal is a third of its life on
+                bindings_due = min(bindings_due, now + every)
+            elif now >= bindings_due:
+                bindings_due = now + (every if _rebind(queue, renewed) else RENEW_RETRY)
+
+    def _renew_leases(self, queue: Queue) -> bool:
+        """Renew the leases this transport holds; False when the database could not be asked."""
+        with self._lock:
+            held = [*self._held.values()]
+            held += [e.message for e in self._settling if not (e.settling or e.done)]
+        held = [m for m in held if not (m.settled or m.pending)]
+        return _renew(queue, held) if held else True
 
     # -- acks ----------------------------------------------------------------------------------
 
@@ -435,6 +564,7 @@ class Transport(virtual.Transport):
             completer.close()  # commits the acks that wait
             thread.join()
         self._stop_keeper.set()
+        self._wake_keeper.set()
         if keeper is not None:
             keeper.join()
         with self._lock:
@@ -460,6 +590,24 @@ def _renew(queue: Queue, held: list[Message]) -> bool:
         log.warning("squeal: renewing %d leases failed (tried again): %s", len(held), error)
         return False
     return True
+
+
+def _rebind(queue: Queue, renewed: dict[tuple[str, str, str], tuple[float | None, float]]) -> bool:
+    """Bind again what this process renews; False when one failed (tried again soon)."""
+    for (exchange, key, topic), (ttl, lifetime) in renewed.items():
+        try:
+            queue.bind(exchange, topic, key=key, ttl=ttl, expires=lifetime)
+        except SquealError as error:
+            log.warning(
+                "squeal: renewing the binding of %r to %r failed: %s", topic, exchange, error
+            )
+            return False
+    return True
+
+
+def _seconds(milliseconds: Any) -> float | None:
+    """A queue argument in milliseconds (x-expires, x-message-ttl) as seconds."""
+    return None if milliseconds is None else float(milliseconds) / 1000
 
 
 def _decoded(raw: bytes) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from squeal.dialects.base import ClaimedRow, ClaimScope, in_claim_order
 from squeal.dialects.dedup import SWEEP_EVERY
 from squeal.dialects.health import Finding
 from squeal.errors import DatabaseError, InvalidType, LeaseLost, ValidationError
+from squeal.exchange import Binding, Exchanges
 from squeal.executor import Executor
 from squeal.flow import FlowStatements
 from squeal.limits import UNSET, Limit, LimitStatements
@@ -127,6 +128,7 @@ class Queue:
         self._schedules = ScheduleStatements(self._strategy, self._tables)
         self._session = Session(engine, self._strategy, self._tables)
         self._registry = Registry(self._session, self._strategy, self._tables)
+        self._exchanges = Exchanges(self._strategy, self._tables)
         locking = locking_for(
             engine.dialect, self._tables, self._admin.ready_kinds, self._strategy.topic_scan
         )
@@ -1059,6 +1061,126 @@ class Queue:
         """Every topic with a limit (:meth:`set_limit`), in name order."""
         return self._session.read(self._limits.listed)
 
+    # -- exchanges (squeal/exchange.py) ----------------------------------------------------------
+
+    def bind(
+        self,
+        exchange: str,
+        topic: str,
+        *,
+        key: str = "",
+        ttl: float | None = None,
+        expires: float | None = None,
+        connection: sa.Connection | None = None,
+    ) -> None:
+        """Bind ``topic`` to ``exchange``: what is published to the exchange (:meth:`publish`)
+        is also put into ``topic``, for every process. Binding again changes ``ttl`` and
+        renews ``expires``.
+
+        Args:
+            key: the binding key: a publish with a key reaches the topics bound with it; a
+                publish without one reaches every topic bound (under any key).
+            ttl: each copy's ``ttl`` (as :meth:`put`'s; the shorter one wins when the publish
+                gives one too). None: the publish's.
+            expires: seconds the binding lasts unless bound again (a consumer that renews it
+                while it runs stops receiving copies once it has died). None: until
+                :meth:`unbind`.
+            connection: a Connection inside the caller's transaction: the binding exists
+                only if the caller commits.
+        """
+        exchange, topic = check.text(exchange, "exchange"), check.text(topic, "topic")
+        key = _binding_key(key)
+        ttl_ms = None if ttl is None else _positive_ms(ttl, "ttl")
+        lifetime_ms = None if expires is None else _positive_ms(expires, "expires")
+        conn = check.connection(connection)
+        exchanges = self._exchanges
+        self._session.write(
+            lambda ex: exchanges.bind(
+                ex, exchange, topic, key=key, ttl_ms=ttl_ms, lifetime_ms=lifetime_ms
+            ),
+            conn,
+            atomic=True,
+        )
+
+    def unbind(
+        self,
+        exchange: str,
+        topic: str,
+        *,
+        key: str | None = None,
+        connection: sa.Connection | None = None,
+    ) -> int:
+        """Unbind ``topic`` from ``exchange`` (under ``key``; None: under every key); the
+        number of bindings removed. Messages already published stay in the topic.
+        ``connection``: as for :meth:`bind`."""
+        exchange, topic = check.text(exchange, "exchange"), check.text(topic, "topic")
+        key = None if key is None else _binding_key(key)
+        conn = check.connection(connection)
+        exchanges = self._exchanges
+        return self._session.write(lambda ex: exchanges.unbind(ex, exchange, topic, key), conn)
+
+    def bindings(self, exchange: str | None = None) -> list[Binding]:
+        """The live bindings of ``exchange`` (None: of every exchange), by exchange, key and
+        topic."""
+        name = None if exchange is None else check.text(exchange, "exchange")
+        return self._session.read(lambda ex: self._exchanges.bindings(ex, name))
+
+    def publish(
+        self,
+        payload: bytes,
+        exchange: str,
+        *,
+        key: str | None = None,
+        priority: int = 0,
+        delay: float | None = None,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        connection: sa.Connection | None = None,
+    ) -> dict[str, int]:
+        """Put a copy of ``payload`` into every topic bound to ``exchange`` (:meth:`bind`) —
+        with ``key``, those bound with that key — in one transaction: every copy or none.
+        The options are :meth:`put`'s, for every copy. A copy's message is its own (its own
+        id, lease and attempts).
+
+        Returns:
+            The id of each copy by topic; empty when no topic is bound (nothing is stored).
+
+        Raises:
+            ValueError / TypeError: invalid input; nothing was sent to the database.
+            PutOutcomeUnknown: as for :meth:`put`.
+        """
+        exchange = check.text(exchange, "exchange")
+        key = None if key is None else _binding_key(key)
+        data = check.payload(payload, self.max_payload_size)
+        options: dict[str, Any] = {
+            "priority": priority,
+            "delay": delay,
+            "ttl": ttl,
+            "max_attempts": max_attempts,
+            "headers": headers,
+        }
+        self._shared(exchange, **options)  # validates before anything is sent
+        conn = check.connection(connection)
+        insert, exchanges = self._strategy.insert, self._exchanges
+
+        def publish(ex: Executor) -> dict[str, int]:
+            ids: dict[str, int] = {}
+            for target in exchanges.targets(ex, exchange, key):
+                shared = self._shared(target.topic, **options)
+                if target.ttl_ms is not None:
+                    own = shared["ttl_ms"]
+                    shared["ttl_ms"] = target.ttl_ms if own is None else min(own, target.ttl_ms)
+                msg_id = insert(ex, shared, [data], [None])[0]
+                if msg_id is not None:
+                    ids[target.topic] = msg_id
+            return ids
+
+        ids = self._session.write(publish, conn, atomic=True, idempotent=False)
+        for topic, msg_id in ids.items():
+            log.put(topic, [msg_id], [None], conn is not None)
+        return ids
+
     # -- workers (squeal/registry.py) -----------------------------------------------------------
 
     def workers(self) -> list[WorkerInfo]:
@@ -1242,6 +1364,19 @@ def _ids(value: object) -> list[int]:
             check.count(i, "an id", maximum=2**63 - 1) for i in check.sequence(value, "ids")
         )
     )
+
+
+def _binding_key(value: object) -> str:
+    """A binding key: "" (none) or 1-255 characters."""
+    return "" if value == "" else check.text(value, "key")
+
+
+def _positive_ms(value: object, what: str) -> int:
+    """Positive seconds as whole milliseconds (at least one)."""
+    ms = check.to_ms(check.seconds(value, what, positive=True))
+    if ms < 1:
+        raise ValidationError(f"{what} must be at least 0.001 seconds")
+    return ms
 
 
 def _optional_count(value: object, what: str) -> int | None:

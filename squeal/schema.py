@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0006_compat_0002"
+SCHEMA_REVISION = "squeal_0007_compat_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -153,6 +153,9 @@ class Tables:
     #: One row per running worker (``Queue.workers``), heartbeated; a row whose
     #: ``expires_at`` passed belongs to a worker that died without leaving.
     worker: sa.Table
+    #: Topics bound to exchanges (``Queue.bind``): a publish to an exchange puts a copy into
+    #: every topic bound to it; a row whose ``expires_at`` passed is no longer bound.
+    binding: sa.Table
 
 
 def build_tables(prefix: str, schema: str | None = None) -> Tables:
@@ -260,6 +263,18 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         # Ids never come back (SQLite would reuse the largest once its row is deleted).
         sqlite_autoincrement=True,
     )
+    binding = sa.Table(
+        f"{prefix}_binding",
+        metadata,
+        sa.Column("exchange", ExactText(), nullable=False),
+        sa.Column("binding_key", ExactText(), nullable=False),
+        sa.Column("topic", ExactText(), nullable=False),
+        # Each copy's ttl (ms; None: the publish's), and when the binding ends unless renewed.
+        sa.Column("ttl_ms", sa.BigInteger(), nullable=True),
+        sa.Column("expires_at", sa.BigInteger(), nullable=True),
+        sa.Column("bound_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("exchange", "binding_key", "topic", name=f"{prefix}_binding_pk"),
+    )
     return Tables(
         prefix=prefix,
         schema=schema,
@@ -270,4 +285,5 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         topic=topic,
         schedule=schedule,
         worker=worker,
+        binding=binding,
     )

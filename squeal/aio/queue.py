@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from squeal.aio.bridge import async_engine, run, sync_connection
 from squeal.aio.message import AsyncMessage, sync_messages
 from squeal.dialects.health import Finding
+from squeal.exchange import Binding
 from squeal.limits import UNSET, Limit
 from squeal.message import DeadMessage, PeekedMessage, TopicStats
 from squeal.queue import DEFAULT_MAX_ATTEMPTS, Queue
@@ -288,6 +289,71 @@ class AsyncQueue:
     async def resume(self, topic: str) -> None:
         """Deliver ``topic`` again (see :meth:`squeal.Queue.resume`)."""
         await run(self.sync.resume, topic)
+
+    async def bind(
+        self,
+        exchange: str,
+        topic: str,
+        *,
+        key: str = "",
+        ttl: float | None = None,
+        expires: float | None = None,
+        connection: AsyncConnection | None = None,
+    ) -> None:
+        """Bind ``topic`` to ``exchange`` (see :meth:`squeal.Queue.bind`)."""
+        await run(
+            self.sync.bind,
+            exchange,
+            topic,
+            key=key,
+            ttl=ttl,
+            expires=expires,
+            connection=sync_connection(connection),
+        )
+
+    async def unbind(
+        self,
+        exchange: str,
+        topic: str,
+        *,
+        key: str | None = None,
+        connection: AsyncConnection | None = None,
+    ) -> int:
+        """Unbind ``topic`` from ``exchange`` (see :meth:`squeal.Queue.unbind`)."""
+        return await run(
+            self.sync.unbind, exchange, topic, key=key, connection=sync_connection(connection)
+        )
+
+    async def bindings(self, exchange: str | None = None) -> list[Binding]:
+        """The live bindings (see :meth:`squeal.Queue.bindings`)."""
+        return await run(self.sync.bindings, exchange)
+
+    async def publish(
+        self,
+        payload: bytes,
+        exchange: str,
+        *,
+        key: str | None = None,
+        priority: int = 0,
+        delay: float | None = None,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        connection: AsyncConnection | None = None,
+    ) -> dict[str, int]:
+        """Put a copy into every bound topic (see :meth:`squeal.Queue.publish`)."""
+        return await run(
+            self.sync.publish,
+            payload,
+            exchange,
+            key=key,
+            priority=priority,
+            delay=delay,
+            ttl=ttl,
+            max_attempts=max_attempts,
+            headers=headers,
+            connection=sync_connection(connection),
+        )
 
     async def workers(self) -> list[WorkerInfo]:
         """The running workers (see :meth:`squeal.Queue.workers`)."""

@@ -4,7 +4,8 @@ Configured from the environment: ``SQUEAL_CELERY_BROKER`` (a ``squeal+`` URL),
 ``SQUEAL_CELERY_PREFIX`` (squeal's table prefix), ``SQUEAL_CELERY_LOG`` (a file each task
 appends a line to when it finishes: what the test reads), ``SQUEAL_CELERY_VT`` (the lease),
 ``SQUEAL_CELERY_BACKEND`` (Celery's database result backend, ``db+URL``; its tables are
-named after the prefix).
+named after the prefix), ``SQUEAL_CELERY_REMOTE`` (``1``: remote control on, through the
+``celery.pidbox`` fanout exchange).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=False,
-    worker_enable_remote_control=False,
+    worker_enable_remote_control=os.environ.get("SQUEAL_CELERY_REMOTE") == "1",
     worker_send_task_events=False,
     result_backend=os.environ.get("SQUEAL_CELERY_BACKEND"),
     database_table_names=result_tables(os.environ.get("SQUEAL_CELERY_PREFIX", "squeal")),

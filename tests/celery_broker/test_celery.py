@@ -50,8 +50,11 @@ class Broker:
         self.sender.conf.result_backend = self.backend
         self.sender.conf.database_table_names = result_tables(self.prefix)
 
-    def worker(self, visibility_timeout: float = 60.0, concurrency: int = 4) -> None:
+    def worker(
+        self, visibility_timeout: float = 60.0, concurrency: int = 4, *, remote: bool = False
+    ) -> None:
         env = {
+            "SQUEAL_CELERY_REMOTE": "1" if remote else "0",
             **os.environ,
             "SQUEAL_CELERY_BACKEND": self.backend or "",
             "SQUEAL_CELERY_BROKER": self.url,
@@ -135,6 +138,28 @@ def test_tasks_run_and_nothing_is_left_behind(broker: Broker) -> None:
     broker.stop()
     assert broker.done() == Counter(range(50))
     assert broker.queue.stats() == {}
+
+
+def test_remote_control_reaches_the_worker_through_a_fanout_exchange(broker: Broker) -> None:
+    """``celery inspect ping`` and ``celery control shutdown``: the broadcast goes through
+    the ``celery.pidbox`` fanout exchange, the reply through a direct exchange to a queue
+    only the client bound; the worker's mailbox is unbound when it stops."""
+    broker.worker(remote=True)
+    broker.sender.send_task("record", args=[1])
+    broker.wait_for(lambda: len(broker.done()) == 1, "the worker runs")
+    replies: dict[str, object] = {}
+
+    def answered() -> bool:
+        replies.update(broker.sender.control.inspect(timeout=2).ping() or {})
+        return bool(replies)
+
+    broker.wait_for(answered, "a ping answered", timeout=30)
+    assert list(replies.values()) == [{"ok": "pong"}]
+    assert [b.exchange for b in broker.queue.bindings("celery.pidbox")] == ["celery.pidbox"]
+    broker.sender.control.broadcast("shutdown")
+    (worker,) = broker.workers
+    assert worker.wait(timeout=30) == 0, broker.output()
+    assert broker.queue.bindings("celery.pidbox") == []
 
 
 def test_a_retry_with_a_countdown_runs_again_later(broker: Broker) -> None:

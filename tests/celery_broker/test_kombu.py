@@ -227,3 +227,79 @@ def test_a_consumer_without_acks_holds_nothing(broker: tuple[str, Queue]) -> Non
         assert sorted(m.payload["n"] for m in seen) == [0, 1, 2]
         conn.transport.await_acks()
         assert queue.stats() == {}
+
+
+def _drain(conn: kombu.Connection, queues: list[kombu.Queue], most: float = 5.0) -> list[object]:
+    """Consume ``queues`` on ``conn`` until nothing more came for a while; the payloads."""
+    got: list[object] = []
+
+    def received(body: object, message: kombu.Message) -> None:
+        got.append(body)
+        message.ack()
+
+    with conn.Consumer(queues, callbacks=[received]):
+        deadline = time.monotonic() + most
+        while time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.5)
+            except TimeoutError:
+                if got:
+                    break
+    return got
+
+
+def test_a_fanout_exchange_copies_to_the_queues_every_process_bound(
+    broker: tuple[str, Queue],
+) -> None:
+    """Bindings live in the database: the publisher never bound or declared the queues."""
+    _, queue = broker
+    news = kombu.Exchange("news", type="fanout")
+    with _connect(broker) as one, _connect(broker) as two, _connect(broker) as publisher:
+        a, b = kombu.Queue("a", news)(one), kombu.Queue("b", news)(two)
+        a.declare()
+        b.declare()
+        assert {x.topic for x in queue.bindings("news")} == {"a", "b"}
+        with publisher.Producer() as producer:
+            producer.publish({"n": 1}, exchange=news, declare=[news])
+        assert _drain(one, [a]) == [{"n": 1}]
+        assert _drain(two, [b]) == [{"n": 1}]
+    assert queue.stats() == {}
+
+
+def test_a_direct_exchange_routes_to_a_queue_bound_in_another_process(
+    broker: tuple[str, Queue],
+) -> None:
+    """How a Celery worker replies to ``celery inspect``: to a queue only the client bound."""
+    replies = kombu.Exchange("replies", type="direct")
+    with _connect(broker) as client, _connect(broker) as worker:
+        mine = kombu.Queue("client-1.replies", replies, routing_key="client-1")(client)
+        mine.declare()
+        with worker.Producer() as producer:
+            producer.publish(
+                {"pong": 1}, exchange=replies, routing_key="client-1", declare=[replies]
+            )
+            producer.publish({"lost": 1}, exchange=replies, routing_key="client-2")
+        assert _drain(client, [mine]) == [{"pong": 1}]
+
+
+def test_an_expiring_queue_keeps_its_binding_while_its_process_lives(
+    broker: tuple[str, Queue],
+) -> None:
+    """x-expires: renewed by the keeper thread while the connection is open, gone once it is
+    not; an auto_delete queue is unbound and purged when its channel closes."""
+    _, queue = broker
+    control = kombu.Exchange("control", type="fanout")
+    with _connect(broker) as living:
+        box = kombu.Queue("box", control, expires=1.0, message_ttl=30)(living.default_channel)
+        box.declare()
+        time.sleep(2.5)  # past its lifetime: renewed meanwhile (every third of it)
+        (binding,) = queue.bindings("control")
+        assert (binding.topic, binding.ttl) == ("box", 30.0)
+        gone = kombu.Queue("gone", control, auto_delete=True)(living.channel())
+        gone.declare()
+        assert {b.topic for b in queue.bindings("control")} == {"box", "gone"}
+        gone.channel.close()
+        assert [b.topic for b in queue.bindings("control")] == ["box"]
+    time.sleep(1.3)  # its process (the connection) is gone: the binding runs out
+    assert queue.bindings("control") == []
+    assert queue.publish(b"x", "control") == {}

@@ -1,5 +1,6 @@
-"""The Python in docs/flow_control.md, schedules.md and state_machine.md runs as written, on
-every database (each document's blocks in order, in one namespace holding ``queue``)."""
+"""The Python in docs/flow_control.md, schedules.md, state_machine.md and exchanges.md runs
+as written, on every database (each document's blocks in order, in one namespace holding
+``queue``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def python_blocks(doc: str) -> list[str]:
     return _BLOCK.findall((DOCS / doc).read_text())
 
 
-@pytest.mark.parametrize("doc", ["flow_control.md", "schedules.md", "state_machine.md"])
+@pytest.mark.parametrize(
+    "doc", ["flow_control.md", "schedules.md", "state_machine.md", "exchanges.md"]
+)
 def test_the_python_in_the_doc_runs(doc: str, queue: Queue) -> None:
     blocks = python_blocks(doc)
     assert blocks, f"{doc} has no Python blocks"

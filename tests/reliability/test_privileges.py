@@ -29,6 +29,7 @@ GRANTS = {
         "GRANT SELECT, INSERT ON {prefix}_message TO {role}",
         "GRANT USAGE ON SEQUENCE {prefix}_message_id_seq TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_dedup TO {role}",
+        "GRANT SELECT, DELETE ON {prefix}_binding TO {role}",
     ],
     ("postgresql", "consumer"): [
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO {role}",
@@ -36,16 +37,19 @@ GRANTS = {
         "GRANT SELECT, UPDATE ON {prefix}_topic TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_worker TO {role}",
         "GRANT USAGE ON SEQUENCE {prefix}_worker_id_seq TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_binding TO {role}",
     ],
     ("mysql", "producer"): [
         "GRANT SELECT, INSERT ON {prefix}_message TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_dedup TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT, DELETE ON {prefix}_binding TO '{role}'@'127.0.0.1'",
     ],
     ("mysql", "consumer"): [
         "GRANT SELECT, UPDATE, DELETE ON {prefix}_message TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_topic_lock TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, UPDATE ON {prefix}_topic TO '{role}'@'127.0.0.1'",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_worker TO '{role}'@'127.0.0.1'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_binding TO '{role}'@'127.0.0.1'",
     ],
 }
 DROP = {
@@ -171,6 +175,26 @@ def test_a_consumer_role_s_worker_registers_and_leaves(
             thread.join(timeout=30)
     assert consumer.workers() == []
     assert "registry" not in caplog.text
+
+
+@pytest.mark.dialects("postgresql", "mysql")
+def test_a_consumer_role_binds_and_a_producer_role_publishes(
+    role_queue: Callable[..., Queue],
+) -> None:
+    """T13: exchanges need only the documented GRANTs on the binding table; a producer
+    cannot bind."""
+    producer = role_queue("producer")
+    consumer = role_queue("consumer")
+    consumer.bind("events", "mine", expires=0.2)
+    consumer.bind("events", "kept")
+    time.sleep(0.4)  # "mine" expires: the publish deletes its row
+    assert list(producer.publish(b"e", "events")) == ["kept"]
+    assert list(producer.publish(b"f", "events")) == ["kept"]
+    got = consumer.get_many("kept", 10)
+    assert [m.payload for m in got] == [b"e", b"f"]
+    consumer.ack_many(got)
+    with pytest.raises(DatabaseError):
+        producer.bind("events", "other")
 
 
 @pytest.mark.dialects("postgresql", "mysql")
