@@ -48,6 +48,7 @@ import sqlalchemy as sa
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
+from squeal.binding_keeper import BindingKeeper
 from squeal.completer import Completer, InFlight
 from squeal.errors import AlreadySettled, DatabaseError, LeaseLost, SquealError, ValidationError
 from squeal.message import Message
@@ -109,6 +110,8 @@ class Channel(virtual.Channel):
         self._tags: set[str] = set()
         #: The arguments each queue was declared with (x-expires, x-message-ttl, auto_delete).
         self._declared: dict[str, dict[str, Any]] = {}
+        #: The queues this channel consumed (an auto_delete one goes when the channel closes).
+        self._consumed: set[str] = set()
 
     @property
     def queue(self) -> Queue:
@@ -136,22 +139,65 @@ class Channel(virtual.Channel):
         return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
-        """Record the binding in squeal's table, where every process routes by it."""
+        """Record the binding in squeal's table, where every process routes by it.
+
+        An x-expires queue's binding (a consumer's mailbox) is bound with that lifetime and
+        renewed while this process lives. Any other binding is written only if the table
+        lacks it, so a producer declaring a worker's queue (Celery's ``.delay()``) only reads;
+        if it cannot be written (a role without the GRANT, a declare inside
+        :func:`in_transaction`, which must not lock a row shared by every sender for the
+        caller's transaction), this process still routes by it and says so in a warning.
+        """
+        key = routing_key or ""
         arguments = self._declared.get(queue, {}).get("arguments") or {}
-        ttl, expires = (
-            _seconds(arguments.get("x-message-ttl")),
-            _seconds(arguments.get("x-expires")),
-        )
-        self.queue.bind(
-            exchange,
-            queue,
-            key=routing_key or "",
-            ttl=ttl,
-            expires=expires,
-            connection=_CALLERS.get(),  # a declare inside in_transaction: in that transaction
-        )
-        if expires is not None:
-            self._transport.renew_binding((exchange, routing_key or "", queue), ttl, expires)
+        ttl = _seconds(arguments.get("x-message-ttl"))
+        expires = _seconds(arguments.get("x-expires"))
+        binding = (exchange, key, queue)
+        if expires is None:
+            self._record(binding, ttl)
+            return
+        self._transport.bindings.keep(binding, ttl, expires)  # first: if this bind fails,
+        self.queue.bind(exchange, queue, key=key, ttl=ttl, expires=expires)  # a renewal binds
+
+    def _record(self, binding: tuple[str, str, str], ttl: float | None) -> None:
+        exchange, key, queue = binding
+        if _CALLERS.get() is not None:
+            log.warning(
+                "squeal: the binding of %r to %r, declared inside in_transaction, is not "
+                "recorded (this process routes by it; consumers bind their own queues)",
+                queue,
+                exchange,
+            )
+            return
+        try:
+            for bound in self.queue.bindings(exchange):
+                if (bound.key, bound.topic, bound.ttl, bound.expires_at) == (key, queue, ttl, None):
+                    return
+            self.queue.bind(exchange, queue, key=key, ttl=ttl)
+        except DatabaseError as error:
+            log.warning(
+                "squeal: the binding of %r to %r was not recorded (this process routes by it): %s",
+                queue,
+                exchange,
+                error,
+            )
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remove the binding here and from squeal's table."""
+        exchange = exchange or "amq.direct"
+        self._transport.bindings.unbind(self.queue, (exchange, routing_key or "", queue))
+        self.state.binding_delete(queue, exchange, routing_key)
+        table = self.state.exchanges.get(exchange, {}).get("table")
+        if table is not None:  # in place: kombu's state holds this list
+            meta = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
+            table[:] = [m for m in table if m != meta]
 
     def get_table(self, exchange: str) -> list[tuple[str, Any, str]]:
         """The exchange's bindings: this process's, then those of every process."""
@@ -164,8 +210,10 @@ class Channel(virtual.Channel):
         return table
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
-        """The queues a publish reaches: those this process bound when one matches (no
-        database read on the hot path), else those bound anywhere."""
+        """The queues a publish reaches. Direct and topic exchanges: those this process
+        bound, when one matches (no database read when sending a task; bindings of other
+        processes are then not looked at), else those bound anywhere. Fanout: every queue
+        bound anywhere."""
         kind = self.typeof(exchange)
         if exchange and kind.type != "fanout" and exchange in self.state.exchanges:
             local = self.state.exchanges[exchange].get("table", [])
@@ -181,6 +229,7 @@ class Channel(virtual.Channel):
     ) -> Any:
         if no_ack:
             self._noack_queues.add(queue)
+        self._consumed.add(queue)
         return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -319,12 +368,11 @@ class Channel(virtual.Channel):
         return True
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        """Unbind the queue (from ``exchange`` when given) and delete its messages."""
-        exchange = args[0] if args else None
-        if exchange:
-            routing_key = str(args[1] or "") if len(args) > 1 else None
-            self.queue.unbind(exchange, queue, key=routing_key)
-            self._transport.renew_binding((exchange, routing_key or "", queue), None, None)
+        """Unbind the queue (kombu's queue_delete calls this once per binding, with
+        ``exchange, routing_key, pattern, queue``) and delete its messages."""
+        if args and args[0]:
+            binding = (str(args[0]), str(args[1] or "") if len(args) > 1 else "", queue)
+            self._transport.bindings.unbind(self.queue, binding)
         self._purge(queue)
 
     def _purge(self, queue: str) -> int:
@@ -333,31 +381,42 @@ class Channel(virtual.Channel):
         return self.queue.purge(queue)
 
     def _size(self, queue: str) -> int:
+        """Messages of the queue ready now (AMQP's message count: not those leased)."""
         self._transport.await_acks()
-        stats = self.queue.stats().get(queue)
-        return 0 if stats is None else stats.ready + stats.delayed
+        return self.queue.size(queue)
 
     def close(self) -> None:
-        if not self.closed:
-            self._delete_auto_delete_queues()
+        doomed: list[tuple[str, list[Any]]] = []
+        state = None
+        if not self.closed:  # the auto_delete queues it consumed, and their bindings here
+            state = self.state
+            doomed = [
+                (queue, list(state.queue_bindings(queue)))
+                for queue in sorted(self._consumed)
+                if self._declared.get(queue, {}).get("auto_delete")
+            ]
         super().close()  # restores (releases) what is unacked
         for tag in list(self._tags):  # handed out, never tracked by the QoS
             held = self._transport.take(tag)
             if held is not None:
                 _give_back(held)
         self._tags.clear()
+        for queue, bindings in doomed:
+            self._delete_queue(queue, bindings)
+            if state is not None:
+                state.queue_bindings_delete(queue)
 
-    def _delete_auto_delete_queues(self) -> None:
-        """An auto_delete queue this channel declared goes with it: unbound and purged (its
-        deliveries still held are released by the close, and then purged by nobody: they
-        come back to whoever binds the queue again)."""
-        for queue, declared in list(self._declared.items()):
-            if not declared.get("auto_delete") or not self.state.queue_index.get(queue):
-                continue
-            try:
-                self.queue_delete(queue)
-            except SquealError as error:  # its bindings expire, if it declared x-expires
-                log.warning("squeal: auto_delete queue %r was not deleted: %s", queue, error)
+    def _delete_queue(self, queue: str, bindings: list[Any]) -> None:
+        """An auto_delete queue whose consumer's channel closed (after it released what it
+        held): unbound everywhere and purged, as AMQP deletes it with its last consumer.
+        Name such queues per process, as Celery does (its mailboxes and reply queues)."""
+        try:
+            for exchange, routing_key, _ in bindings:
+                binding = (exchange, routing_key or "", queue)
+                self._transport.bindings.unbind(self.queue, binding)
+            self.queue.purge(queue)
+        except SquealError as error:  # its bindings expire, if it declared x-expires
+            log.warning("squeal: auto_delete queue %r was not deleted: %s", queue, error)
 
 
 class Transport(virtual.Transport):
@@ -402,12 +461,9 @@ class Transport(virtual.Transport):
         self._completer: Completer | None = None
         self._completer_thread: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
-        #: Set to stop the keeper; and to wake it (stopping, or a new binding to renew).
         self._stop_keeper = threading.Event()
-        self._wake_keeper = threading.Event()
-        #: Bindings with a lifetime this process renews while it lives: (ttl, lifetime) by
-        #: (exchange, key, queue).
-        self._renewed: dict[tuple[str, str, str], tuple[float | None, float]] = {}
+        #: The bindings with a lifetime (x-expires) this process renews while it lives.
+        self.bindings = BindingKeeper(lambda: self._queue)
 
     @property
     def queue(self) -> Queue:
@@ -429,28 +485,11 @@ class Transport(virtual.Transport):
         """Keep ``message`` (delivery ``tag``) leased until it is settled."""
         with self._lock:
             self._held[tag] = message
-            self._start_keeper()
-
-    def renew_binding(
-        self, binding: tuple[str, str, str], ttl: float | None, lifetime: float | None
-    ) -> None:
-        """Renew ``binding`` (exchange, key, queue) every third of its ``lifetime`` while
-        this transport is open; ``lifetime`` None: no longer."""
-        with self._lock:
-            if lifetime is None:
-                self._renewed.pop(binding, None)
-            else:
-                self._renewed[binding] = (ttl, lifetime)
-                self._start_keeper()
-                self._wake_keeper.set()
-
-    def _start_keeper(self) -> None:
-        """Start the keeper thread unless it runs (call with the lock held)."""
-        if self._keeper is None and not self._closed:
-            self._keeper = threading.Thread(
-                target=self._keep, name="squeal-kombu-keeper", daemon=True
-            )
-            self._keeper.start()
+            if self._keeper is None and not self._closed:
+                self._keeper = threading.Thread(
+                    target=self._keep, name="squeal-kombu-leases", daemon=True
+                )
+                self._keeper.start()
 
     def take(self, tag: str) -> Message | None:
         """The held message of delivery ``tag`` (no longer held), if any."""
@@ -459,39 +498,17 @@ class Transport(virtual.Transport):
 
     def _keep(self) -> None:
         """Renew the leases of held deliveries and of acks not committed yet, every third of
-        the visibility timeout, and the bindings with a lifetime, every third of theirs
-        (sooner again after a failure)."""
-        leases_due = bindings_due = time.monotonic() + self.visibility_timeout / 3
-        while True:
-            self._wake_keeper.wait(max(0.0, min(leases_due, bindings_due) - time.monotonic()))
+        the visibility timeout (sooner again after a failure)."""
+        every = self.visibility_timeout / 3
+        while not self._stop_keeper.wait(every):
             with self._lock:
-                if self._stop_keeper.is_set():
-                    return
-                woken = self._wake_keeper.is_set()
-                self._wake_keeper.clear()
                 queue = self._queue
-                renewed = dict(self._renewed)
-            now = time.monotonic()
-            if queue is None:
-                leases_due = bindings_due = now + RENEW_RETRY
+                held = [*self._held.values()]
+                held += [e.message for e in self._settling if not (e.settling or e.done)]
+            held = [m for m in held if not (m.settled or m.pending)]
+            if queue is None or not held:
                 continue
-            if now >= leases_due:
-                ok = self._renew_leases(queue)
-                leases_due = now + (self.visibility_timeout / 3 if ok else RENEW_RETRY)
-            every = min((life / 3 for _, life in renewed.values()), default=None)
-            every = self.visibility_timeout / 3 if every is None else every
-            if woken:  # a binding was just made: its first renewal is a third of its life on
-                bindings_due = min(bindings_due, now + every)
-            elif now >= bindings_due:
-                bindings_due = now + (every if _rebind(queue, renewed) else RENEW_RETRY)
-
-    def _renew_leases(self, queue: Queue) -> bool:
-        """Renew the leases this transport holds; False when the database could not be asked."""
-        with self._lock:
-            held = [*self._held.values()]
-            held += [e.message for e in self._settling if not (e.settling or e.done)]
-        held = [m for m in held if not (m.settled or m.pending)]
-        return _renew(queue, held) if held else True
+            every = self.visibility_timeout / 3 if _renew(queue, held) else RENEW_RETRY
 
     # -- acks ----------------------------------------------------------------------------------
 
@@ -564,7 +581,7 @@ class Transport(virtual.Transport):
             completer.close()  # commits the acks that wait
             thread.join()
         self._stop_keeper.set()
-        self._wake_keeper.set()
+        self.bindings.close()
         if keeper is not None:
             keeper.join()
         with self._lock:
@@ -589,19 +606,6 @@ def _renew(queue: Queue, held: list[Message]) -> bool:
     except SquealError as error:
         log.warning("squeal: renewing %d leases failed (tried again): %s", len(held), error)
         return False
-    return True
-
-
-def _rebind(queue: Queue, renewed: dict[tuple[str, str, str], tuple[float | None, float]]) -> bool:
-    """Bind again what this process renews; False when one failed (tried again soon)."""
-    for (exchange, key, topic), (ttl, lifetime) in renewed.items():
-        try:
-            queue.bind(exchange, topic, key=key, ttl=ttl, expires=lifetime)
-        except SquealError as error:
-            log.warning(
-                "squeal: renewing the binding of %r to %r failed: %s", topic, exchange, error
-            )
-            return False
     return True
 
 

@@ -336,6 +336,31 @@ def test_workers_lists_the_running_workers(
     assert cli("workers").stdout.strip() == "no worker is running"
 
 
+def test_bindings_lists_the_exchanges_bindings(
+    cli: Callable[..., subprocess.CompletedProcess[str]], make_queue: Callable[..., Queue]
+) -> None:
+    q = make_queue()
+    assert cli("bindings").stdout.strip() == "no topic is bound"
+    q.bind("orders", "billing")
+    q.bind("orders", "audit", key="eu", ttl=60, expires=600)
+    q.bind("logs", "pager")
+    shown = cli("bindings", "orders")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["exchange", "key", "topic", "ttl", "expires"]
+    assert lines[1].split() == ["orders", "-", "billing", "-", "-"]
+    assert lines[2].split()[:4] == ["orders", "eu", "audit", "60s"]
+    listed = [json.loads(line) for line in cli("bindings", "--json").stdout.splitlines()]
+    assert [(b["exchange"], b["topic"]) for b in listed] == [
+        ("logs", "pager"),
+        ("orders", "billing"),
+        ("orders", "audit"),
+    ]
+    assert listed[2]["ttl"] == 60
+    assert listed[2]["expires_at"] is not None
+    assert cli("bindings", "nothing").stdout.strip() == "no topic is bound to 'nothing'"
+
+
 def test_scheduler_puts_due_schedules_and_stops_on_sigterm(
     cli: Callable[..., subprocess.CompletedProcess[str]],
     make_queue: Callable[..., Queue],

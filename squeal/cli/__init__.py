@@ -5,7 +5,14 @@ Nothing here is loaded by ``import squeal``: the library does not depend on its 
 
 from __future__ import annotations
 
-from squeal.cli import dashboard, limiting, metrics, scheduling, workers  # noqa: F401 (registers their commands)
+from squeal.cli import (  # noqa: F401 (registers their commands)
+    bindings,
+    dashboard,
+    limiting,
+    metrics,
+    scheduling,
+    workers,
+)
 from squeal.cli.commands import main
 
 __all__ = ["main"]

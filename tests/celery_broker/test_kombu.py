@@ -286,20 +286,43 @@ def test_an_expiring_queue_keeps_its_binding_while_its_process_lives(
     broker: tuple[str, Queue],
 ) -> None:
     """x-expires: renewed by the keeper thread while the connection is open, gone once it is
-    not; an auto_delete queue is unbound and purged when its channel closes."""
+    not; an auto_delete queue is unbound and purged when the channel consuming it closes."""
     _, queue = broker
     control = kombu.Exchange("control", type="fanout")
     with _connect(broker) as living:
         box = kombu.Queue("box", control, expires=1.0, message_ttl=30)(living.default_channel)
         box.declare()
-        time.sleep(2.5)  # past its lifetime: renewed meanwhile (every third of it)
-        (binding,) = queue.bindings("control")
-        assert (binding.topic, binding.ttl) == ("box", 30.0)
-        gone = kombu.Queue("gone", control, auto_delete=True)(living.channel())
+        (first,) = queue.bindings("control")
+        assert (first.topic, first.ttl) == ("box", 30.0)
+        assert first.expires_at is not None
+        deadline = time.monotonic() + 30
+        while queue.bindings("control")[0].expires_at == first.expires_at:  # renewed
+            assert time.monotonic() < deadline, "the binding was never renewed"
+            time.sleep(0.05)
+        channel = living.channel()
+        gone = kombu.Queue("gone", control, auto_delete=True)(channel)
         gone.declare()
-        assert {b.topic for b in queue.bindings("control")} == {"box", "gone"}
-        gone.channel.close()
+        queue.publish(b"x", "control")
+        assert queue.size("gone") == 1
+        with kombu.Consumer(channel, [gone], callbacks=[]):
+            assert {b.topic for b in queue.bindings("control")} == {"box", "gone"}
+            channel.close()
         assert [b.topic for b in queue.bindings("control")] == ["box"]
-    time.sleep(1.3)  # its process (the connection) is gone: the binding runs out
+        assert queue.size("gone") == 0
+    time.sleep(1.2)  # its process (the connection) is gone: the binding runs out
     assert queue.bindings("control") == []
     assert queue.publish(b"x", "control") == {}
+
+
+def test_an_unbound_queue_receives_no_more(broker: tuple[str, Queue]) -> None:
+    _, queue = broker
+    direct = kombu.Exchange("direct-x", type="direct")
+    with _connect(broker) as conn:
+        jobs = kombu.Queue("jobs-x", direct, routing_key="k")(conn.default_channel)
+        jobs.declare()
+        assert [b.topic for b in queue.bindings("direct-x")] == ["jobs-x"]
+        jobs.unbind_from(direct, routing_key="k")
+        assert queue.bindings("direct-x") == []
+        with conn.Producer() as producer:  # neither here nor anywhere
+            producer.publish({"n": 1}, exchange=direct, routing_key="k")
+        assert queue.stats() == {}
