@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from squeal import Message, Queue, ValidationError
+from tests.race import race
 
 
 def _one(q: Queue, topic: str) -> Message:
@@ -139,6 +140,28 @@ def test_a_delayed_publish_delays_every_copy(queue: Queue) -> None:
         "a": (0, 1),
         "b": (0, 1),
     }
+
+
+def test_concurrent_binds_publishes_and_unbinds_of_one_exchange_all_succeed(
+    make_queue: Callable[..., Queue],
+) -> None:
+    """Consumers starting together bind the same rows (an insert that met the row and then
+    updated it would deadlock on MariaDB); expired rows are deleted by whoever comes first."""
+    queues = [make_queue() for _ in range(6)]
+    queues[0].bind("e", "old", expires=0.001)
+    time.sleep(0.05)
+
+    def binds(q: Queue, n: int) -> int:
+        for _ in range(10):
+            q.bind("e", "shared", expires=60)
+            q.bind("e", f"own-{n}", ttl=60)
+            q.publish(b"x", "e")
+        return q.unbind("e", f"own-{n}")
+
+    outcomes = race([lambda q=q, n=n: binds(q, n) for n, q in enumerate(queues)])
+    assert outcomes == [1] * len(queues)
+    assert [(b.topic, b.ttl) for b in queues[0].bindings("e")] == [("shared", None)]
+    assert queues[0].size("shared") == 60
 
 
 @pytest.mark.parametrize(
