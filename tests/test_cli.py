@@ -315,7 +315,7 @@ def test_workers_lists_the_running_workers(
     q = make_queue()
     assert cli("workers").stdout.strip() == "no worker is running"
     q.put_many([b"x"] * 2, "jobs")
-    worker = Worker(q, lambda m: None, ["jobs", "mail"], concurrency=2, wait=0.1, registry_beat=0.2)
+    worker = Worker(q, lambda m: None, ["jobs", "mail"], concurrency=2, wait=0.1, registry_beat=0.5)
     thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
     thread.start()
     try:

@@ -119,21 +119,28 @@ async def _workload(q: AsyncQueue) -> None:
 
 def test_nothing_blocks_the_loop(async_url: str, loop_guard: _LoopGuard) -> None:
     """No time.sleep or select() on the loop's thread, and after warm-up no step of squeal
-    holds the loop for longer than the debug mode's threshold."""
-    slow = _SlowCallbacks()
+    holds the loop for longer than the debug mode's threshold. The threshold is wall-clock
+    time, which a busy machine's scheduler alone can exceed once: the workload runs up to
+    three times and fails only if every run held the loop (a blocking call does, each time)."""
+    runs: list[list[str]] = []
 
     async def body() -> None:
         asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK_SECONDS
         async with opened(async_url) as q:
             await _workload(q)  # warm-up: imports, first compilations, first connections
-            logging.getLogger("asyncio").addHandler(slow)
-            try:
-                await _workload(q)
-            finally:
-                logging.getLogger("asyncio").removeHandler(slow)
+            for _ in range(3):
+                slow = _SlowCallbacks()
+                logging.getLogger("asyncio").addHandler(slow)
+                try:
+                    await _workload(q)
+                finally:
+                    logging.getLogger("asyncio").removeHandler(slow)
+                runs.append(slow.reports)
+                if not slow.reports:
+                    return
 
     run(body())
-    assert slow.reports == []
+    assert [] in runs, runs
 
 
 def test_a_get_cancelled_while_waiting_loses_nothing(async_url: str) -> None:

@@ -59,14 +59,14 @@ def test_handlers_run_concurrently_ack_on_return_and_nack_on_raise(async_url: st
 
 def test_heartbeats_keep_a_slow_handlers_lease(async_url: str) -> None:
     async def body() -> None:
-        async with opened(async_url, visibility_timeout=1.0) as q:
+        async with opened(async_url, visibility_timeout=2.0) as q:  # renewed every 0.67 s
             rival = AsyncQueue(q.engine, prefix=q.prefix)
             await q.put(b"slow", "t")
             done = asyncio.Event()
             stolen: list[AsyncMessage] = []
 
             async def handle(message: AsyncMessage) -> None:
-                for _ in range(10):  # 2.5 s: the lease ran out twice over without heartbeats
+                for _ in range(18):  # 4.5 s: the lease ran out twice over without heartbeats
                     await asyncio.sleep(0.25)
                     if (other := await rival.get("t")) is not None:
                         stolen.append(other)
@@ -273,7 +273,7 @@ def test_an_async_worker_is_listed_as_it_runs_and_leaves_when_stopped(async_url:
                     await release.wait()
 
             await q.put_many([b"a", b"b", b"slow"], "t")
-            worker = AsyncWorker(q, handle, "t", concurrency=2, wait=0.1, registry_beat=0.2)
+            worker = AsyncWorker(q, handle, "t", concurrency=2, wait=0.1, registry_beat=0.5)
             run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
 
             async def listed() -> list[Any]:

@@ -182,13 +182,13 @@ def test_acks_late_tasks_of_a_sigkilled_worker_run_again_and_none_is_lost(
     total = 600
     for n in range(total):
         broker.sender.send_task("record", args=[n, 0.01])
-    broker.worker(visibility_timeout=2.0)
+    broker.worker(visibility_timeout=4.0)
     broker.wait_for(lambda: len(broker.done()) >= 100, "100 tasks done")
     broker.workers[0].send_signal(signal.SIGKILL)
     broker.workers[0].wait(timeout=30)
     at_kill = broker.done()
     assert len(at_kill) < total, "the worker finished everything before it was killed"
-    broker.worker(visibility_timeout=2.0)
+    broker.worker(visibility_timeout=4.0)
     broker.wait_for(lambda: len(broker.done()) == total, f"{total} tasks done", timeout=120)
     broker.stop()
     done = broker.done()

@@ -103,7 +103,7 @@ def test_a_delivery_never_acked_comes_back_when_its_lease_runs_out(
 ) -> None:
     """A consumer that dies holding a delivery (its channel never closed, its keeper gone):
     the message is delivered again once the lease runs out, to another connection."""
-    dead = _connect(broker, visibility_timeout=1.0)
+    dead = _connect(broker, visibility_timeout=3.0)
     jobs = dead.SimpleQueue("jobs")
     jobs.put({"n": 1})
     held = jobs.get(timeout=5)
@@ -113,8 +113,7 @@ def test_a_delivery_never_acked_comes_back_when_its_lease_runs_out(
         other = conn.SimpleQueue("jobs")
         with pytest.raises(other.Empty):
             other.get(timeout=0.3)  # leased
-        time.sleep(1.0)
-        again = other.get(timeout=5)
+        again = other.get(timeout=15)  # once the lease ran out
         assert again.payload == {"n": 1}
         assert again.delivery_info["redelivered"] is True
         again.ack()
@@ -124,11 +123,11 @@ def test_a_delivery_never_acked_comes_back_when_its_lease_runs_out(
 
 def test_held_deliveries_outlive_the_visibility_timeout(broker: tuple[str, Queue]) -> None:
     """The keeper renews the leases of unacked deliveries: a long task keeps its message."""
-    with _connect(broker, visibility_timeout=0.9) as conn:
+    with _connect(broker, visibility_timeout=2.0) as conn:  # renewed every 0.67 s
         jobs = conn.SimpleQueue("jobs")
         jobs.put({"n": 1})
         held = jobs.get(timeout=5)
-        time.sleep(2.0)  # more than twice the lease
+        time.sleep(4.5)  # more than twice the lease
         _, queue = broker
         assert queue.get_many("jobs", 10) == []  # still leased to the holder
         held.ack()

@@ -257,10 +257,10 @@ def test_topic_left_idle_between_gets_is_dropped_before_serving_again(
 def test_a_long_job_does_not_make_its_topic_idle(make_queue: Callable[..., Queue]) -> None:
     q = make_queue()
     q.put_many([b"1", b"2"], "a")
-    buffer = Buffer(q, max_topic_idle=0.5)
+    buffer = Buffer(q, max_topic_idle=2.0)  # the next get comes well within it
     first = _get(buffer)
     [lock] = q.held_topics()
-    time.sleep(0.7)  # the job outlasts max_topic_idle; its settle counts as activity
+    time.sleep(2.2)  # the job outlasts max_topic_idle; its settle counts as activity
     first.ack()
     assert _get(buffer).payload == b"2"
     assert q.held_topics() == [lock]  # never dropped and locked again
@@ -343,12 +343,12 @@ def test_two_buffers_never_hold_the_same_topic(make_queue: Callable[..., Queue])
 
 
 def test_touch_keeps_the_locks_and_every_lease_alive(make_queue: Callable[..., Queue]) -> None:
-    q = make_queue(visibility_timeout=1.0, topic_lock_timeout=1.0)
+    q = make_queue(visibility_timeout=2.5, topic_lock_timeout=2.5)
     ids = q.put_many([b"x"] * 5, "a")
     buffer = Buffer(q)
     first = _get(buffer)  # the prefetch holds the second message too
     for _ in range(3):
-        time.sleep(0.4)
+        time.sleep(1.0)  # past both timeouts in all, touched in time with 1.5 s to spare
         buffer.touch()
     other = make_queue()
     assert other.acquire_topic() is None

@@ -7,7 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from squeal import DeadMessage, Message, Queue
+from squeal.clock import now_ms
+from squeal.schema import build_tables
 
 
 def _claim(q: Queue, topic: str = "default", **kwargs: Any) -> Message:
@@ -18,6 +22,15 @@ def _claim(q: Queue, topic: str = "default", **kwargs: Any) -> Message:
 
 def _sleep_until(start: float, seconds: float) -> None:
     time.sleep(max(0.0, start + seconds - time.monotonic()))
+
+
+def _hidden_for(engine: sa.Engine, prefix: str, topic: str) -> list[float]:
+    """Seconds until each message of ``topic`` is visible again, by the database's clock:
+    a backoff read where it is stored, so no stall of this machine can change it."""
+    m = build_tables(prefix).message
+    query = sa.select(m.c.visible_at - now_ms()).where(m.c.topic == topic)
+    with engine.connect() as conn:
+        return sorted(int(ms) / 1000 for (ms,) in conn.execute(query))
 
 
 def _kill_by_nack(q: Queue, topic: str, attempts: int) -> Message:
@@ -44,61 +57,54 @@ def test_nack_with_delay_zero_redelivers_at_once_counting_the_attempt(
 
 
 def test_nack_with_a_delay_hides_the_message_for_that_long(queue: Queue) -> None:
-    queue.put(b"x", "t")
-    msg = _claim(queue, "t")
-    msg.nack(delay=0.3)
-    assert msg.settled is True
-    start = time.monotonic()
-    assert queue.get("t") is None
+    queue.put_many([b"a", b"b"], "t")
+    first, second = queue.get_many("t", 2)
+    first.nack(delay=60)
+    assert first.settled is True
+    assert queue.get("t") is None  # hidden (second is still leased)
     assert queue.stats()["t"].delayed == 1
-    _sleep_until(start, 0.4)
-    assert _claim(queue, "t").attempts == 2
+    second.nack(delay=0.3)
+    time.sleep(0.4)
+    again = _claim(queue, "t")
+    assert (again.payload, again.attempts) == (b"b", 2)
+    assert queue.get("t") is None  # first is still hidden
 
 
 def test_first_nack_backs_off_between_75_and_100_percent_of_the_base_delay_with_jitter(
-    make_queue: Callable[..., Queue],
+    make_queue: Callable[..., Queue], engine: sa.Engine, prefix: str
 ) -> None:
-    q = make_queue(failure_base_delay=1.0)
+    q = make_queue(failure_base_delay=3600.0)
     q.put_many([bytes([i]) for i in range(20)], "t")
     msgs = q.get_many("t", 20)
     assert [m.attempts for m in msgs] == [1] * 20
     q.nack_many(msgs)
-    start = time.monotonic()
     assert all(m.settled for m in msgs)
-    _sleep_until(start, 0.6)
-    assert q.size("t") == 0, "a nack came back before 75% of the backoff"
     assert q.stats()["t"].delayed == 20
-    _sleep_until(start, 0.875)
-    midway = q.size("t")
-    assert 0 < midway < 20, f"{midway} of 20 back at 87.5%: backoff is not jittered over 75-100%"
-    _sleep_until(start, 1.1)
-    assert q.size("t") == 20, "a nack was still delayed after 100% of the backoff"
+    hidden = _hidden_for(engine, prefix, "t")
+    slack = 60  # seconds this test may take between the nack and the read
+    assert 0.75 * 3600 - slack <= hidden[0], hidden
+    assert hidden[-1] <= 3600, hidden
+    assert hidden[-1] - hidden[0] > 60, f"backoff is not jittered over 75-100%: {hidden}"
 
 
 def test_backoff_doubles_with_each_attempt_up_to_max_failure_delay(
-    make_queue: Callable[..., Queue],
+    make_queue: Callable[..., Queue], engine: sa.Engine, prefix: str
 ) -> None:
-    doubling = make_queue(failure_base_delay=0.2)
-    capped = make_queue(failure_base_delay=0.2, max_failure_delay=0.3)
-    thirds = []
+    doubling = make_queue(failure_base_delay=60.0)
+    capped = make_queue(failure_base_delay=60.0, max_failure_delay=90.0)
+    slack = 30  # seconds this test may take between a nack and the read
     for q, topic in ((doubling, "doubling"), (capped, "capped")):
         q.put(b"x", topic)
         _claim(q, topic).nack(delay=0)
         _claim(q, topic).nack(delay=0)
         third = _claim(q, topic)
         assert third.attempts == 3
-        thirds.append(third)
-    # Third failure: 0.2 * 2**2 = 0.8 s (jittered to 0.6-0.8 s); capped: 0.3 s (0.225-0.3 s).
-    doubling.nack_many(thirds[:1])
-    capped.nack_many(thirds[1:])
-    start = time.monotonic()
-    assert doubling.get("doubling") is None
-    assert capped.get("capped") is None
-    _sleep_until(start, 0.45)
-    assert doubling.get("doubling") is None
-    assert _claim(capped, "capped").attempts == 4
-    _sleep_until(start, 0.9)
-    assert _claim(doubling, "doubling").attempts == 4
+        third.nack()
+    # Third failure: 60 * 2**2 = 240 s, jittered to 180-240 s; capped: 90 s (67.5-90 s).
+    (doubled,) = _hidden_for(engine, prefix, "doubling")
+    (limited,) = _hidden_for(engine, prefix, "capped")
+    assert 180 - slack <= doubled <= 240, doubled
+    assert 67.5 - slack <= limited <= 90, limited
 
 
 def test_nack_many_backs_off_every_message_unless_given_a_delay(

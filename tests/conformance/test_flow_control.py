@@ -67,9 +67,9 @@ def test_a_waiting_get_keeps_waiting_through_a_pause(queue: Queue) -> None:
     queue.put(b"x", "t")
     queue.pause("t")
     resumer = threading.Timer(0.3, queue.resume, args=("t",))
+    began = time.monotonic()  # before the timer starts: a stall in between only adds
     resumer.start()
     try:
-        began = time.monotonic()
         msg = queue.get("t", wait=10)
     finally:
         joined([resumer])

@@ -59,7 +59,7 @@ def test_expired_lease_is_delivered_again_with_one_more_attempt_and_a_new_token(
     assert first.attempts == 1
     time.sleep(0.4)
     assert q.size("t") == 1
-    second = _claim(q, "t")
+    second = _claim(q, "t", visibility_timeout=60)
     assert (second.id, second.payload, second.attempts) == (msg_id, b"x", 2)
     assert second.lease_token != first.lease_token
     assert q.get("t") is None
@@ -70,8 +70,7 @@ def test_get_and_get_many_visibility_timeout_override_the_queues(queue: Queue) -
     one = _claim(queue, "t", visibility_timeout=0.3)
     two = queue.get_many("t", 5, visibility_timeout=0.3)
     assert len(two) == 2
-    assert queue.get("t") is None
-    time.sleep(0.4)
+    time.sleep(0.4)  # the queue's lease is a minute: only the override brings them back
     again = queue.get_many("t", 5)
     assert [(m.id, m.attempts) for m in again] == [(one.id, 2), (two[0].id, 2), (two[1].id, 2)]
 
@@ -82,13 +81,12 @@ def test_get_and_get_many_visibility_timeout_override_the_queues(queue: Queue) -
 def test_touch_extends_the_lease_by_the_queue_visibility_timeout_from_now(
     make_queue: Callable[..., Queue],
 ) -> None:
-    q = make_queue(visibility_timeout=0.4)
+    q = make_queue(visibility_timeout=60)
     q.put(b"x", "t")
-    msg = _claim(q, "t")
-    time.sleep(0.25)
-    msg.touch()
+    msg = _claim(q, "t", visibility_timeout=0.5)
+    msg.touch()  # from now on the queue's lease (60 s), not the claim's
     assert msg.settled is False
-    time.sleep(0.25)  # past the original lease, inside the extended one
+    time.sleep(0.6)  # past the claim's lease, inside the extended one
     assert q.get("t") is None
     assert _counts(q, "t") == (0, 0, 1, 0)
     msg.ack()

@@ -230,10 +230,11 @@ def test_a_touched_lock_outlives_its_first_timeout(
 def test_an_expired_lock_is_taken_over_and_the_old_holder_is_fenced(
     make_queue: Callable[..., Queue], rival: Queue
 ) -> None:
-    queue = make_queue(topic_lock_timeout=SHORT)
+    queue = make_queue()
     _fill(queue, {"t": 1})
     stale = _acquired(queue)
-    assert rival.acquire_topic() is None
+    assert rival.acquire_topic() is None  # held (for the default 15 minutes)
+    stale.touch(SHORT)  # now for SHORT seconds only
     time.sleep(SHORT + 0.1)
     current = _acquired(rival)
     assert current.topic == "t"

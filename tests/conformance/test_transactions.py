@@ -130,7 +130,7 @@ def test_ack_in_a_rolled_back_transaction_leaves_the_message_leased(
     queue: Queue, engine: sa.Engine
 ) -> None:
     queue.put(b"x", "t")
-    msg = _claim(queue, "t", visibility_timeout=0.3)
+    msg = _claim(queue, "t")
     with engine.connect() as conn:
         msg.ack(connection=conn)
         conn.rollback()
@@ -186,7 +186,7 @@ def test_handler_failing_after_its_ack_undoes_both_and_the_retry_has_one_effect(
     queue: Queue, engine: sa.Engine, effects: sa.Table
 ) -> None:
     queue.put(b"x", "t")
-    first = _claim(queue, "t", visibility_timeout=0.3)
+    first = _claim(queue, "t")
 
     def failing_handler() -> None:
         with engine.begin() as conn:
@@ -198,7 +198,8 @@ def test_handler_failing_after_its_ack_undoes_both_and_the_retry_has_one_effect(
         failing_handler()
     assert _effect_rows(engine, effects) == []
     assert _leased(queue, "t") == 1
-    time.sleep(0.4)
+    first.touch(visibility_timeout=0.2)  # its consumer dies: the lease runs out
+    time.sleep(0.3)
     retry = _claim(queue, "t")
     assert (retry.id, retry.attempts) == (first.id, 2)
     with engine.begin() as conn:
