@@ -88,25 +88,42 @@ class BindingKeeper:
 
     def _run(self) -> None:
         due: dict[Key, float] = {}
+        lifetimes: dict[Key, float] = {}
         while True:
             with self._lock:
                 if self._closed:
                     return
                 kept = dict(self._kept)
-            now = time.monotonic()
-            for binding in list(due):
-                if binding not in kept:
-                    del due[binding]
-            for binding, (_, lifetime) in kept.items():
-                due.setdefault(binding, now + max(SHORTEST, lifetime / 3))
-            ready = [b for b, at in due.items() if at <= now]
-            if ready:
-                for binding, ok in self._renew(ready).items():
-                    lifetime = kept[binding][1]
-                    due[binding] = time.monotonic() + (max(SHORTEST, lifetime / 3) if ok else RETRY)
+            try:
+                self._round(kept, due, lifetimes)
+            except Exception:  # never let the thread die: every binding would lapse
+                log.exception("squeal: a round of binding renewals failed (tried again)")
+                due = {b: time.monotonic() + RETRY for b in kept}
             pause = min(due.values()) - time.monotonic() if due else None
             self._wake.wait(None if pause is None else max(0.0, pause))
             self._wake.clear()
+
+    def _round(
+        self,
+        kept: dict[Key, tuple[float | None, float]],
+        due: dict[Key, float],
+        lifetimes: dict[Key, float],
+    ) -> None:
+        """Renew what is due; ``due`` and ``lifetimes`` carry over between rounds."""
+        now = time.monotonic()
+        for binding in [b for b in due if b not in kept]:
+            del due[binding]
+            lifetimes.pop(binding, None)
+        for binding, (_, lifetime) in kept.items():
+            if lifetimes.get(binding) != lifetime:  # new, or kept again with another lifetime
+                lifetimes[binding] = lifetime
+                due[binding] = now + _every(lifetime)
+        ready = [b for b, at in due.items() if at <= now]
+        if not ready:
+            return
+        for binding, ok in self._renew(ready).items():
+            every = _every(kept[binding][1])
+            due[binding] = time.monotonic() + (every if ok else min(RETRY, every))
 
     def _renew(self, ready: list[Key]) -> dict[Key, bool]:
         """Bind ``ready`` again (those still kept); whether each worked."""
@@ -136,6 +153,11 @@ class BindingKeeper:
                 else:
                     done[binding] = True
         return done
+
+
+def _every(lifetime: float) -> float:
+    """How often a binding of ``lifetime`` seconds is renewed."""
+    return max(SHORTEST, lifetime / 3)
 
 
 __all__ = ["BindingKeeper"]

@@ -11,8 +11,8 @@ nothing.
 A binding may expire (``expires``): it lasts that long unless bound again, so a consumer that
 renews its binding while it runs stops receiving copies some time after it dies (kombu's
 ``x-expires`` queues, Celery's remote-control mailboxes). Expired rows are deleted by the next
-publish to their exchange. A binding's ``ttl`` is each copy's ``ttl`` (a copy not claimed in
-time dies, docs/state_machine.md).
+publish to their exchange, or bind to it (after the bind committed). A binding's ``ttl`` is
+each copy's ``ttl`` (a copy not claimed in time dies, docs/state_machine.md).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class ExchangeStatements:
         return now_ms() + sa.bindparam("lifetime_ms", type_=sa.BigInteger())
 
     @cached_property
-    def insert(self) -> sa.Executable:
+    def bind(self) -> sa.Executable:
+        """Insert the binding, or set an existing one's ttl and lifetime (one statement)."""
         row: dict[str, Any] = {
             "exchange": sa.bindparam("in_exchange"),
             "binding_key": sa.bindparam("in_key"),
@@ -84,13 +85,7 @@ class ExchangeStatements:
             "expires_at": self._expiry,
             "bound_at": now_ms(),
         }
-        return self.strategy.insert_ignoring_conflicts(row, table=self.b)
-
-    @cached_property
-    def renew(self) -> sa.Update:
-        """Set an existing binding's ttl and lifetime (bound again)."""
-        ttl = sa.bindparam("ttl_ms", type_=sa.BigInteger())
-        return sa.update(self.b).where(self._pk()).values(ttl_ms=ttl, expires_at=self._expiry)
+        return self.strategy.upsert(self.b, row, ("ttl_ms", "expires_at"))
 
     @cached_property
     def unbind_key(self) -> sa.Delete:
@@ -110,13 +105,6 @@ class ExchangeStatements:
             .where(b.c.exchange == sa.bindparam("in_exchange"))
             .order_by(b.c.binding_key, b.c.topic)  # key order: concurrent deletes never cross
         )
-
-    @cached_property
-    def prune(self) -> sa.Delete:
-        """An exchange's expired bindings."""
-        b = self.b
-        expired = b.c.expires_at < now_ms()
-        return sa.delete(b).where(b.c.exchange == sa.bindparam("in_exchange"), expired)
 
     @cached_property
     def expired(self) -> sa.Delete:
@@ -156,11 +144,7 @@ class Exchanges:
         ttl_ms: int | None,
         lifetime_ms: int | None,
     ) -> None:
-        """Bind ``topic`` (several statements: run them in one transaction). The exchange's
-        expired bindings are deleted first (so an exchange nobody publishes to, only binds,
-        keeps no dead rows). The row is updated first and inserted only when missing: an
-        insert that meets an existing row and then updates it would take a shared lock before
-        an exclusive one, and two such binds deadlock on MySQL and MariaDB."""
+        """Bind ``topic``, or set its binding's ttl and lifetime (one statement)."""
         values = {
             "in_exchange": exchange,
             "in_key": key,
@@ -168,11 +152,23 @@ class Exchanges:
             "ttl_ms": ttl_ms,
             "lifetime_ms": lifetime_ms,
         }
-        ex.count(self._s.prune, {"in_exchange": exchange})
-        if ex.count(self._s.renew, values):
-            return
-        if not ex.count(self._s.insert, values):  # there after all (inserted meanwhile, or
-            ex.count(self._s.renew, values)  # MySQL counts an unchanged row as not updated)
+        ex.count(self._s.bind, values)
+
+    def prune(self, ex: Executor, exchange: str) -> int:
+        """Delete the exchange's expired bindings: read without locks, then each deleted by
+        its key (in key order, so concurrent prunes and publishes never wait on each other
+        in a cycle), unless it was renewed since. Run it in a transaction of its own, or
+        none: how many were deleted."""
+        rows = ex.rows(self._s.bound, {"in_exchange": exchange})
+        return sum(
+            self._delete_expired(ex, exchange, text_value(k), text_value(t))
+            for k, t, _, live in rows
+            if not live
+        )
+
+    def _delete_expired(self, ex: Executor, exchange: str, key: str, topic: str) -> int:
+        values = {"in_exchange": exchange, "in_key": key, "in_topic": topic}
+        return ex.count(self._s.expired, values)
 
     def unbind(self, ex: Executor, exchange: str, topic: str, key: str | None) -> int:
         """Remove ``topic``'s binding under ``key`` (None: under every key); how many."""
@@ -188,8 +184,7 @@ class Exchanges:
         for raw_key, raw_topic, ttl_ms, live in ex.rows(self._s.bound, {"in_exchange": exchange}):
             bound_key, topic = text_value(raw_key), text_value(raw_topic)
             if not live:
-                values = {"in_exchange": exchange, "in_key": bound_key, "in_topic": topic}
-                ex.count(self._s.expired, values)
+                self._delete_expired(ex, exchange, bound_key, topic)
             elif key is None or bound_key == key:
                 ttl = None if ttl_ms is None else int(ttl_ms)
                 if topic in found:  # bound under two keys: one copy, the shorter ttl

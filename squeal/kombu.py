@@ -21,7 +21,7 @@ a direct or topic exchange routes to the queues this process bound when one matc
 those bound anywhere. A queue declared with ``expires`` (x-expires) keeps its bindings only
 while a process that bound it lives (renewed by its keeper thread); ``message_ttl``
 (x-message-ttl) is each copy's ttl; an ``auto_delete`` queue is unbound and purged when the
-channel that declared it closes.
+channel that consumed it closes.
 
 Transport options (``broker_transport_options``): ``url`` (the database's SQLAlchemy URL,
 instead of the broker URL's), ``prefix`` (squeal's table prefix,
@@ -157,7 +157,11 @@ class Channel(virtual.Channel):
             self._record(binding, ttl)
             return
         self._transport.bindings.keep(binding, ttl, expires)  # first: if this bind fails,
-        self.queue.bind(exchange, queue, key=key, ttl=ttl, expires=expires)  # a renewal binds
+        try:  # a renewal binds it
+            self.queue.bind(exchange, queue, key=key, ttl=ttl, expires=expires)
+        except ValidationError:  # no renewal would do better
+            self._transport.bindings.forget(binding)
+            raise
 
     def _record(self, binding: tuple[str, str, str], ttl: float | None) -> None:
         exchange, key, queue = binding
@@ -171,8 +175,8 @@ class Channel(virtual.Channel):
             return
         try:
             for bound in self.queue.bindings(exchange):
-                if (bound.key, bound.topic, bound.ttl, bound.expires_at) == (key, queue, ttl, None):
-                    return
+                if (bound.key, bound.topic) == (key, queue):  # as it is (another process's
+                    return  # own, perhaps with a lifetime it renews)
             self.queue.bind(exchange, queue, key=key, ttl=ttl)
         except DatabaseError as error:
             log.warning(
@@ -194,10 +198,8 @@ class Channel(virtual.Channel):
         exchange = exchange or "amq.direct"
         self._transport.bindings.unbind(self.queue, (exchange, routing_key or "", queue))
         self.state.binding_delete(queue, exchange, routing_key)
-        table = self.state.exchanges.get(exchange, {}).get("table")
-        if table is not None:  # in place: kombu's state holds this list
-            meta = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
-            table[:] = [m for m in table if m != meta]
+        meta = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
+        _drop_local(self.state, (exchange, routing_key or "", queue), tuple(meta))
 
     def get_table(self, exchange: str) -> list[tuple[str, Any, str]]:
         """The exchange's bindings: this process's, then those of every process."""
@@ -373,6 +375,7 @@ class Channel(virtual.Channel):
         if args and args[0]:
             binding = (str(args[0]), str(args[1] or "") if len(args) > 1 else "", queue)
             self._transport.bindings.unbind(self.queue, binding)
+            _drop_local(self.state, binding, tuple(args[1:]))
         self._purge(queue)
 
     def _purge(self, queue: str) -> int:
@@ -386,12 +389,22 @@ class Channel(virtual.Channel):
         return self.queue.size(queue)
 
     def close(self) -> None:
-        doomed: list[tuple[str, list[Any]]] = []
+        doomed: list[tuple[str, list[tuple[str, str, Any]]]] = []
         state = None
         if not self.closed:  # the auto_delete queues it consumed, and their bindings here
-            state = self.state
+            state = self.state  # (typeof and state are gone after the close)
             doomed = [
-                (queue, list(state.queue_bindings(queue)))
+                (
+                    queue,
+                    [
+                        (
+                            exchange,
+                            key,
+                            self.typeof(exchange).prepare_bind(queue, exchange, key, args),
+                        )
+                        for exchange, key, args in state.queue_bindings(queue)
+                    ],
+                )
                 for queue in sorted(self._consumed)
                 if self._declared.get(queue, {}).get("auto_delete")
             ]
@@ -404,9 +417,11 @@ class Channel(virtual.Channel):
         for queue, bindings in doomed:
             self._delete_queue(queue, bindings)
             if state is not None:
+                for exchange, key, meta in bindings:
+                    _drop_local(state, (exchange, key or "", queue), tuple(meta))
                 state.queue_bindings_delete(queue)
 
-    def _delete_queue(self, queue: str, bindings: list[Any]) -> None:
+    def _delete_queue(self, queue: str, bindings: list[tuple[str, str, Any]]) -> None:
         """An auto_delete queue whose consumer's channel closed (after it released what it
         held): unbound everywhere and purged, as AMQP deletes it with its last consumer.
         Name such queues per process, as Celery does (its mailboxes and reply queues)."""
@@ -607,6 +622,14 @@ def _renew(queue: Queue, held: list[Message]) -> bool:
         log.warning("squeal: renewing %d leases failed (tried again): %s", len(held), error)
         return False
     return True
+
+
+def _drop_local(state: Any, binding: tuple[str, str, str], meta: tuple[Any, ...]) -> None:
+    """Remove a binding's entry from kombu's routing table of its exchange, in place (the
+    state holds the list); every copy of it (a queue declared again appends one)."""
+    table = state.exchanges.get(binding[0], {}).get("table")
+    if table is not None:
+        table[:] = [m for m in table if tuple(m) != meta]
 
 
 def _seconds(milliseconds: Any) -> float | None:

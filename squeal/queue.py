@@ -1099,8 +1099,9 @@ class Queue:
                 ex, exchange, topic, key=key, ttl_ms=ttl_ms, lifetime_ms=lifetime_ms
             ),
             conn,
-            atomic=True,
         )
+        if conn is None:  # housekeeping, each delete on its own (never in a caller's work)
+            self._session.write(lambda ex: exchanges.prune(ex, exchange))
 
     def unbind(
         self,

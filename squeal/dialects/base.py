@@ -337,6 +337,13 @@ class Strategy:
         default) that skips rows whose key is taken."""
         raise NotImplementedError
 
+    def upsert(self, table: sa.Table, row: dict[str, Any], update: Sequence[str]) -> Insert:
+        """One statement that inserts ``row`` into ``table`` or, when its primary key is
+        taken, sets the ``update`` columns of that row to ``row``'s values: it locks the row
+        exclusively at once (an insert that met the row and then updated it would take a
+        shared lock first, and two such deadlock on MySQL and MariaDB)."""
+        raise NotImplementedError
+
     #: Statements that set up each connection squeal keeps (after autocommit is on).
     session_sql: ClassVar[tuple[str, ...]] = ()
     #: Isolation level for work that runs through SQLAlchemy (a driver without an adapter).

@@ -149,6 +149,10 @@ class MySQLStrategy(Strategy):
         # Inputs are validated before SQL runs, so IGNORE only ever skips the duplicate key.
         return mysql.insert(self.m if table is None else table).values(values).prefix_with("IGNORE")
 
+    def upsert(self, table: sa.Table, row: dict[str, Any], update: Sequence[str]) -> Insert:
+        stmt = mysql.insert(table).values(row)
+        return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in update})
+
     #: Autocommit (the driver's): a put or an ack is one round trip. READ COMMITTED for the
     #: whole session, set once: a claim's locking reads take no gap locks that would block
     #: puts. Claims run on these same connections in START TRANSACTION ... COMMIT, as the

@@ -91,6 +91,13 @@ class PostgreSQLStrategy(Strategy):
         into = self.m if table is None else table
         return postgresql.insert(into).values(values).on_conflict_do_nothing()
 
+    def upsert(self, table: sa.Table, row: dict[str, Any], update: Sequence[str]) -> Insert:
+        stmt = postgresql.insert(table).values(row)
+        keys = [c.name for c in table.primary_key.columns]
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={name: stmt.excluded[name] for name in update}
+        )
+
     #: psycopg prepares a statement on its fifth run, and PostgreSQL then keeps one generic
     #: plan. Built while the table was empty (a consumer polling an idle queue), that plan
     #: seq-scans every claim, ack and touch for the life of the connection as the backlog

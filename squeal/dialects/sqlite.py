@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -66,6 +67,13 @@ class SQLiteStrategy(Strategy):
     ) -> Insert:
         into = self.m if table is None else table
         return sqlite.insert(into).values(values).on_conflict_do_nothing()
+
+    def upsert(self, table: sa.Table, row: dict[str, Any], update: Sequence[str]) -> Insert:
+        stmt = sqlite.insert(table).values(row)
+        keys = [c.name for c in table.primary_key.columns]
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={name: stmt.excluded[name] for name in update}
+        )
 
     def multirow_insert(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
         """``INSERT ... SELECT <shared values>, column2, column3 FROM (VALUES (i, ?, ?), ...)``.

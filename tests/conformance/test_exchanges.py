@@ -142,19 +142,24 @@ def test_a_delayed_publish_delays_every_copy(queue: Queue) -> None:
     }
 
 
+@pytest.mark.sync_only(
+    "threads binding in transactions of their own engine connections: a property of the "
+    "database's locking, the same under squeal.aio"
+)
 def test_concurrent_binds_publishes_and_unbinds_of_one_exchange_all_succeed(
-    make_queue: Callable[..., Queue],
+    make_queue: Callable[..., Queue], engine: sa.Engine
 ) -> None:
-    """Consumers starting together bind the same rows (an insert that met the row and then
-    updated it would deadlock on MariaDB); expired rows are deleted by whoever comes first."""
+    """Consumers starting together bind the same rows. Each bind runs in a transaction of
+    the test's own, which squeal never retries, so a deadlock between binds (an insert that
+    met the row and then updated it did, on MariaDB) fails the test instead of being hidden
+    by a retry."""
     queues = [make_queue() for _ in range(6)]
-    queues[0].bind("e", "old", expires=0.001)
-    time.sleep(0.05)
 
     def binds(q: Queue, n: int) -> int:
         for _ in range(10):
-            q.bind("e", "shared", expires=60)
-            q.bind("e", f"own-{n}", ttl=60)
+            with engine.begin() as conn:
+                q.bind("e", "shared", expires=60, connection=conn)
+                q.bind("e", f"own-{n}", ttl=60, connection=conn)
             q.publish(b"x", "e")
         return q.unbind("e", f"own-{n}")
 
@@ -162,6 +167,21 @@ def test_concurrent_binds_publishes_and_unbinds_of_one_exchange_all_succeed(
     assert outcomes == [1] * len(queues)
     assert [(b.topic, b.ttl) for b in queues[0].bindings("e")] == [("shared", None)]
     assert queues[0].size("shared") == 60
+
+
+def test_a_bind_deletes_the_exchange_s_expired_bindings(
+    queue: Queue, engine: sa.Engine, prefix: str
+) -> None:
+    """An exchange nobody publishes to (a reply exchange) keeps no dead rows."""
+    queue.bind("replies", "client-1", expires=0.1)
+    queue.bind("replies", "client-2", expires=0.1)
+    queue.bind("other", "kept", expires=0.1)
+    time.sleep(0.2)
+    queue.bind("replies", "client-3", expires=60)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT exchange FROM {prefix}_binding")).scalars()
+        left = sorted(r.decode() if isinstance(r, bytes) else r for r in rows)
+    assert left == ["other", "replies"]  # another exchange's rows wait for its own binds
 
 
 @pytest.mark.parametrize(
