@@ -164,7 +164,7 @@ def test_gauges_over_the_count_limit_are_marked_estimated(
     q = make_queue()
     q.put_many([b"x"] * 3, "big")
     q.put(b"x", "small")
-    snapshots = Snapshots(q, period=0, limit=CountLimit(value=2, most=2))
+    snapshots = Snapshots(q, period=0, limit=CountLimit(value=2, least=2, most=2))
     register_queue(q, registry=registry, snapshots=snapshots)
     found = samples(generate_latest(registry).decode())
     assert found[("squeal_messages", (("state", "ready"), ("topic", "big")))] == 2

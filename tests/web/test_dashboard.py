@@ -202,7 +202,7 @@ def test_metrics_equal_stats_and_share_the_pages_reads(q: Queue) -> None:
 def test_counts_over_the_limit_are_marked_as_lower_bounds(q: Queue) -> None:
     q.put_many([b"x"] * 3, "big")
     q.put(b"x", "small")
-    application = app(q, token=TOKEN, cache=0, count_limit=CountLimit(value=2, most=2))
+    application = app(q, token=TOKEN, cache=0, count_limit=CountLimit(value=2, least=2, most=2))
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     with served(application) as url, httpx.Client(base_url=url) as c:
         overview = c.get("/", headers=bearer).text
