@@ -82,7 +82,8 @@ def in_transaction(connection: sa.Connection) -> Iterator[None]:
 
 #: The most messages one claim takes when kombu's QoS sets no prefetch limit.
 MOST_PER_CLAIM = 100
-#: How long a drain waits when every channel holds its prefetch, before it returns.
+#: How long a drain waits for an ack or a reject to make room when every channel holds its
+#: prefetch, before it returns (Celery before 5.6 acks only between calls).
 FULL_PAUSE = 0.02
 #: Seconds between claims when a channel consumes several queues and all were empty.
 POLL = 0.1
@@ -336,6 +337,7 @@ class Channel(virtual.Channel):
             if message is not None:
                 self._transport.settle(message)
             super().basic_ack(tag)
+        self._transport.room.set()
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._tags.discard(delivery_tag)
@@ -349,6 +351,7 @@ class Channel(virtual.Channel):
             log.warning("squeal: a rejected delivery was not settled: %s", error)
         finally:
             self.qos.reject(delivery_tag, requeue=False)
+            self._transport.room.set()
 
     def _restore(self, message: Any) -> None:
         """Give back an unacked delivery (a recover, or the channel closing): released."""
@@ -479,6 +482,8 @@ class Transport(virtual.Transport):
         self._stop_keeper = threading.Event()
         #: The bindings with a lifetime (x-expires) this process renews while it lives.
         self.bindings = BindingKeeper(lambda: self._queue)
+        #: Set when an ack or a reject makes room in a channel's prefetch.
+        self.room = threading.Event()
 
     @property
     def queue(self) -> Queue:
@@ -568,21 +573,23 @@ class Transport(virtual.Transport):
     # -- the connection ------------------------------------------------------------------------
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
-        """Deliver what the channels may take now, waiting up to ``timeout``; when no channel
-        may take anything (each holds its prefetch) give up after a short pause instead: the
-        acks that would make room may be waiting for this call to return (Celery runs the
-        pool's pending acks between calls)."""
+        """Deliver what the channels may take now, waiting up to ``timeout``. When no channel
+        may take anything (each holds its prefetch), wait for an ack or a reject to make room
+        (Celery 5.6 and later ack from the pool's threads), and give up after a short pause
+        if none does: the acks may be waiting for this call to return (older Celery runs the
+        pool's acks between calls)."""
         started, cycle = time.monotonic(), self.cycle
         assert cycle is not None  # made in __init__
         while True:
+            self.room.clear()  # before looking: an ack from now on wakes the wait below
             try:
                 cycle.get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 full = not any(ch.qos.can_consume() for ch in self.channels if ch._consumers)
-                if full:
-                    time.sleep(FULL_PAUSE)
-                if timeout is not None and (full or time.monotonic() - started >= timeout):
+                if full and not self.room.wait(FULL_PAUSE) and timeout is not None:
+                    raise TimeoutError() from None
+                if timeout is not None and time.monotonic() - started >= timeout:
                     raise TimeoutError() from None
 
     def close_connection(self, connection: Any) -> None:
