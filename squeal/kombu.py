@@ -28,7 +28,10 @@ instead of the broker URL's), ``prefix`` (squeal's table prefix,
 ``"squeal"``), ``visibility_timeout`` (seconds, 60), ``create_tables`` (True: create or
 upgrade squeal's tables on first use), ``wait`` (the longest a claim waits for a message on
 a single queue, 1 s; several queues are polled every ``POLL`` seconds), ``engine_options`` (a
-dict for :func:`sqlalchemy.create_engine`).
+dict for :func:`sqlalchemy.create_engine`), ``publish_linger`` (None: each publish is stored
+before it returns; seconds: publishes return at once and are stored together that long after
+the first of them, by a :class:`squeal.linger.Linger`, as a broker without publisher confirms
+stores them; fanout publishes and those in :func:`in_transaction` are stored at once).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from squeal.binding_keeper import BindingKeeper
 from squeal.completer import Completer, InFlight
 from squeal.errors import AlreadySettled, DatabaseError, LeaseLost, SquealError, ValidationError
+from squeal.linger import Linger
 from squeal.message import Message
 from squeal.queue import Queue
 
@@ -83,7 +87,7 @@ def in_transaction(connection: sa.Connection) -> Iterator[None]:
 #: The most messages one claim takes when kombu's QoS sets no prefetch limit.
 MOST_PER_CLAIM = 100
 #: How long a drain waits for an ack or a reject to make room when every channel holds its
-#: prefetch, before it returns (Celery before 5.6 acks only between calls).
+#: prefetch, before it returns (older Celery releases ack only between calls).
 FULL_PAUSE = 0.02
 #: Seconds between claims when a channel consumes several queues and all were empty.
 POLL = 0.1
@@ -122,7 +126,12 @@ class Channel(virtual.Channel):
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         priority = self._get_message_priority(message)
-        self.queue.put(_encode(message), queue, priority=priority, connection=_CALLERS.get())
+        caller = _CALLERS.get()
+        linger = None if caller is not None else self._transport.linger
+        if linger is not None:
+            linger.put(_encode(message), queue, priority=priority)
+        else:
+            self.queue.put(_encode(message), queue, priority=priority, connection=caller)
 
     def _put_fanout(
         self, exchange: str, message: dict[str, Any], routing_key: str, **_: Any
@@ -458,6 +467,7 @@ class Transport(virtual.Transport):
         "wait": 1.0,
         "engine_options": {},
         "url": None,
+        "publish_linger": None,
     }
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
@@ -469,6 +479,9 @@ class Transport(virtual.Transport):
         self._create = bool(options["create_tables"])
         self._engine_options = dict(options["engine_options"])
         self._url = options["url"] or _database_url(client)
+        linger = options["publish_linger"]
+        self.publish_linger = None if linger is None else float(linger)
+        self._linger: Linger | None = None
         self._queue: Queue | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -498,6 +511,18 @@ class Transport(virtual.Transport):
                     queue.create()
                 self._queue = queue
             return self._queue
+
+    @property
+    def linger(self) -> Linger | None:
+        """What sends lingering publishes (``publish_linger``), made at first use; None
+        when each publish is stored before it returns."""
+        if self.publish_linger is None:
+            return None
+        queue = self.queue
+        with self._lock:
+            if self._linger is None and not self._closed:
+                self._linger = Linger(queue, linger=self.publish_linger)
+            return self._linger
 
     # -- held deliveries and their leases ------------------------------------------------------
 
@@ -534,9 +559,12 @@ class Transport(virtual.Transport):
 
     def settle(self, message: Message) -> None:
         """Ack ``message`` at the completer's next flush (acks are committed in batches, as
-        the squeal worker's: a crash before the flush costs a redelivery, never a loss)."""
+        the squeal worker's: a crash before the flush costs a redelivery, never a loss).
+        Lingering publishes are stored first: what a task sent is stored before its ack."""
         with self._lock:
-            closed = self._closed
+            closed, linger = self._closed, self._linger
+        if linger is not None:
+            linger.flush()
         queue = None if closed else self.queue
         entry = InFlight(message, renew_at=0.0)
         with self._lock:
@@ -575,9 +603,9 @@ class Transport(virtual.Transport):
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         """Deliver what the channels may take now, waiting up to ``timeout``. When no channel
         may take anything (each holds its prefetch), wait for an ack or a reject to make room
-        (Celery 5.6 and later ack from the pool's threads), and give up after a short pause
-        if none does: the acks may be waiting for this call to return (older Celery runs the
-        pool's acks between calls)."""
+        (Celery 5.7 acks from the pool's threads, ``call_soon_ack``), and give up after a
+        short pause if none does: the acks may be waiting for this call to return (older
+        Celery runs the pool's acks between calls)."""
         started, cycle = time.monotonic(), self.cycle
         assert cycle is not None  # made in __init__
         while True:
@@ -596,6 +624,10 @@ class Transport(virtual.Transport):
         super().close_connection(connection)  # the channels release what they hold
         with self._lock:
             self._closed = True
+            linger, self._linger = self._linger, None
+        if linger is not None:
+            linger.close()  # stores what waits
+        with self._lock:
             completer, thread = self._completer, self._completer_thread
             self._completer = self._completer_thread = None
             keeper, self._keeper = self._keeper, None

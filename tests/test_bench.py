@@ -211,7 +211,8 @@ def test_celery_bench_measures_squeal_and_kombus_own_sqlalchemy_transport(
 ) -> None:
     stdout, document = _bench(tmp_path, "--celery", "30", "--url", db_url)
     results = document["celery"]
-    assert [r["broker"].split("+")[0] for r in results] == ["squeal", "sqla"]
+    assert [r["broker"].split("+")[0] for r in results] == ["squeal", "squeal", "sqla"]
+    assert results[1]["broker"].endswith(", publish_linger 2 ms")
     assert all(r["tasks_per_s"] > 0 and r["sent_per_s"] > 0 for r in results), results
     assert "tasks/s" in stdout
     (raw,) = document["raw"]  # squeal's own queue rows, beside which RabbitMQ's and Redis' go

@@ -4,10 +4,12 @@ For each broker: one Celery worker process (threads pool, concurrency 4, ``acks_
 prefetch multiplier 4, the same settings everywhere) is started and warmed up with one task;
 then this process sends N no-op tasks as fast as it can and the time from the first send to
 the N-th task done is measured (each task appends a byte to a file, whose size says how many
-are done). Brokers: squeal on each ``--url``, kombu's own SQLAlchemy transport on each
-``--url`` (``sqla+``, which deletes a message when it reads it: no real ack), and every
+are done). Brokers: squeal on each ``--url`` (each send stored before it returns, Celery's
+default; then with ``publish_linger``), kombu's own SQLAlchemy transport on each ``--url``
+(``sqla+``, which deletes a message when it reads it: no real ack), and every
 ``--celery-broker`` (for example ``amqp://guest:guest@127.0.0.1:5672//`` for RabbitMQ, with
-persistent messages, Celery's default, and ``redis://127.0.0.1:6379/15``).
+persistent messages and no publisher confirms, Celery's default, then with
+``confirm_publish``; and ``redis://127.0.0.1:6379/15``).
 
 The worker imports this module as its Celery app (``-A squeal.cli.bench_celery``), configured
 from the environment variables the bench sets.
@@ -42,20 +44,29 @@ _BROKER, _OPTIONS_PREFIX, _COUNTER = (
 START_SECONDS, RUN_SECONDS = 60.0, 600.0
 
 
-def _options(broker: str, prefix: str) -> dict[str, Any]:
-    """Transport options by broker: squeal's and kombu SQLAlchemy's tables get the prefix."""
+#: The ``publish_linger`` of squeal's ``linger`` rows: sends stored in batches.
+LINGER = 0.002
+#: How each measured broker sends, beside its default: squeal's ``linger`` (a send returns
+#: before it is stored, as RabbitMQ's without publisher confirms) and RabbitMQ's
+#: ``confirms`` (a send returns once the broker stored it, as squeal's default).
+VARIANTS = {"linger": "publish_linger 2 ms", "confirms": "publisher confirms"}
+
+
+def _options(broker: str, prefix: str, variant: str | None = None) -> dict[str, Any]:
+    """Transport options by broker: squeal's and kombu SQLAlchemy's tables get the prefix;
+    a ``variant`` (see VARIANTS) adds its option."""
     if broker.startswith("squeal+"):
-        return {"prefix": prefix}
+        return {"prefix": prefix, "publish_linger": LINGER if variant == "linger" else None}
     if broker.startswith("sqla+"):
         return {"queue_tablename": f"{prefix}_kq", "message_tablename": f"{prefix}_km"}
-    return {}
+    return {"confirm_publish": True} if variant == "confirms" else {}
 
 
-def make_app(broker: str, prefix: str) -> Celery:
+def make_app(broker: str, prefix: str, variant: str | None = None) -> Celery:
     """The bench's Celery app: the same task settings for every broker."""
     app = Celery("squeal_bench", broker=broker, set_as_current=False)
     app.conf.update(
-        broker_transport_options=_options(broker, prefix),
+        broker_transport_options=_options(broker, prefix, variant),
         broker_connection_retry_on_startup=True,
         task_acks_late=True,
         worker_prefetch_multiplier=4,
@@ -99,12 +110,13 @@ def _wait(counter: Path, count: int, worker: subprocess.Popen[bytes], seconds: f
     return True
 
 
-def measure(broker: str, tasks: int) -> dict[str, Any]:
-    """Tasks per second through ``broker``, or the reason it could not be measured."""
+def measure(broker: str, tasks: int, variant: str | None = None) -> dict[str, Any]:
+    """Tasks per second through ``broker`` (its sender sending as ``variant`` says), or the
+    reason it could not be measured."""
     prefix = f"bench_{secrets.token_hex(4)}"
     scratch = Path(tempfile.mkdtemp(prefix="squeal-bench-celery-"))
     counter = scratch / "done"
-    sender = make_app(broker, prefix)
+    sender = make_app(broker, prefix, variant)
     env = {**os.environ, _BROKER: broker, _OPTIONS_PREFIX: prefix, _COUNTER: str(counter)}
     command = [
         sys.executable, "-m", "celery", "-A", "squeal.cli.bench_celery", "worker",
@@ -117,7 +129,7 @@ def measure(broker: str, tasks: int) -> dict[str, Any]:
     task.apply_async()
     log = (scratch / "worker.log").open("wb")
     worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    result: dict[str, Any] = {"broker": _shown(broker), "tasks": tasks}
+    result: dict[str, Any] = {"broker": _shown(broker, variant), "tasks": tasks}
     try:
         if not _wait(counter, 1, worker, START_SECONDS):
             result["error"] = "the worker did not run a first task: " + _tail(scratch)
@@ -175,28 +187,38 @@ def _tail(scratch: Path) -> str:
     return (scratch / "worker.log").read_text(errors="replace")[-600:]
 
 
-def _shown(broker: str) -> str:
+def _shown(broker: str, variant: str | None = None) -> str:
     scheme, _, rest = broker.partition("://")
     if scheme.startswith(("squeal+", "sqla+")):
         database = sa.make_url(broker.split("+", 1)[1]).render_as_string(hide_password=True)
-        return f"{scheme.split('+', 1)[0]}+{database}"
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+        shown = f"{scheme.split('+', 1)[0]}+{database}"
+    else:
+        shown = f"{scheme}://{rest.rpartition('@')[2]}"
+    return shown if variant is None else f"{shown}, {VARIANTS[variant]}"
 
 
-def brokers(urls: list[sa.URL], others: list[str]) -> list[str]:
-    """squeal and kombu's SQLAlchemy transport on each database, then the other brokers."""
+def brokers(urls: list[sa.URL], others: list[str]) -> list[tuple[str, str | None]]:
+    """squeal (each send stored before it returns, then lingering) and kombu's SQLAlchemy
+    transport on each database, then the other brokers (RabbitMQ also with confirms)."""
     plain = [url.render_as_string(hide_password=False) for url in urls]
-    return [f"squeal+{u}" for u in plain] + [f"sqla+{u}" for u in plain] + others
+    squeal = [(f"squeal+{u}", v) for u in plain for v in (None, "linger")]
+    rest = [(o, v) for o in others for v in (None, "confirms") if v is None or _amqp(o)]
+    return squeal + [(f"sqla+{u}", None) for u in plain] + rest
 
 
-def _measured_apart(broker: str, tasks: int) -> dict[str, Any]:
+def _amqp(broker: str) -> bool:
+    return broker.partition("://")[0] in ("amqp", "pyamqp", "amqps")
+
+
+def _measured_apart(broker: str, tasks: int, variant: str | None) -> dict[str, Any]:
     """:func:`measure` in a process of its own: kombu's SQLAlchemy transport keeps state per
     process that breaks a second connection to another database."""
     child = [sys.executable, "-m", "squeal.cli.bench_celery", broker, str(tasks)]
+    child += [] if variant is None else [variant]
     done = subprocess.run(child, capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        return {"broker": _shown(broker), "tasks": tasks, "error": done.stderr[-600:]}
+        return {"broker": _shown(broker, variant), "tasks": tasks, "error": done.stderr[-600:]}
     result: dict[str, Any] = json.loads(lines[-1])
     return result
 
@@ -231,21 +253,24 @@ def run(urls: list[sa.URL], others: list[str], tasks: int, json_path: Path | Non
         print("squeal bench: --celery needs at least 1 task", file=sys.stderr)
         return 2
     results = []
-    for broker in brokers(urls, others):
-        print(f"squeal bench: celery on {_shown(broker)} ...", file=sys.stderr, flush=True)
-        results.append(_measured_apart(broker, tasks))
+    for broker, variant in brokers(urls, others):
+        shown = _shown(broker, variant)
+        print(f"squeal bench: celery on {shown} ...", file=sys.stderr, flush=True)
+        results.append(_measured_apart(broker, tasks, variant))
     print(
         f"squeal bench --celery: {tasks} no-op tasks end to end (sent, then run by one worker "
         "process: threads pool, concurrency 4, acks_late, prefetch multiplier 4)"
     )
-    print(f"{'broker':<60} {'tasks/s':>9} {'sent/s':>9}")
+    width = max(60, *(len(r["broker"]) + 1 for r in results))
+    print(f"{'broker':<{width}} {'tasks/s':>9} {'sent/s':>9}")
     failed = 0
     for result in results:
         if "error" in result:
             failed += 1
-            print(f"{result['broker']:<60} failed: {result['error']}")
+            print(f"{result['broker']:<{width}} failed: {result['error']}")
         else:
-            print(f"{result['broker']:<60} {result['tasks_per_s']:>9} {result['sent_per_s']:>9}")
+            shown, done, sent = result["broker"], result["tasks_per_s"], result["sent_per_s"]
+            print(f"{shown:<{width}} {done:>9} {sent:>9}")
     raw = _raw_rows(urls, others, tasks)
     if json_path is not None:
         document = {"celery": results, "raw": raw, "tasks": tasks}
@@ -254,4 +279,4 @@ def run(urls: list[sa.URL], others: list[str], tasks: int, json_path: Path | Non
 
 
 if __name__ == "__main__":  # one measurement, as a JSON line (see _measured_apart)
-    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]))))
+    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), sys.argv[3] if sys.argv[3:] else None)))

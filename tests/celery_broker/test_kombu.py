@@ -3,6 +3,7 @@ priorities, prefetch, and a consumer that dies holding a delivery."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -327,3 +328,40 @@ def test_an_unbound_queue_receives_no_more(broker: tuple[str, Queue]) -> None:
         with conn.Producer() as producer:  # neither here nor anywhere
             producer.publish({"n": 1}, exchange=direct, routing_key="k")
         assert queue.stats() == {}
+
+
+def test_lingering_publishes_are_stored_together_before_an_ack_and_at_close(
+    broker: tuple[str, Queue],
+) -> None:
+    _, queue = broker
+    with _connect(broker, publish_linger=3600.0) as conn:  # stored only when made to
+        jobs = conn.SimpleQueue("jobs")
+        jobs.consumer.qos(prefetch_count=1)
+        for n in range(3):
+            jobs.put({"n": n})
+        assert queue.size("jobs") == 0  # returned before it was stored
+        assert conn.transport.linger.flush(timeout=60)
+        assert jobs.qsize() == 3
+        first = jobs.get(timeout=5)
+        jobs.put({"n": 3})  # what a task sends ...
+        assert queue.size("jobs") == 2
+        first.ack()  # ... is stored before its ack
+        assert queue.size("jobs") == 3
+        with queue.engine.connect() as caller:  # in the caller's transaction: not lingering
+            with caller.begin(), squeal.kombu.in_transaction(caller):
+                jobs.put({"n": "committed"})
+            assert queue.size("jobs") == 4
+            with caller.begin() as rolled_back, squeal.kombu.in_transaction(caller):
+                jobs.put({"n": "rolled back"})
+                rolled_back.rollback()
+        jobs.put({"n": 4})
+        jobs.close()
+    # the connection's close stored the last one
+    payloads = [json.loads(m.payload) for m in queue.get_many("jobs", 10)]
+    assert [json.loads(base64.b64decode(p["body"])) for p in payloads] == [
+        {"n": 1},
+        {"n": 2},
+        {"n": 3},
+        {"n": "committed"},
+        {"n": 4},
+    ]
