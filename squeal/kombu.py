@@ -30,8 +30,10 @@ upgrade squeal's tables on first use), ``wait`` (the longest a claim waits for a
 a single queue, 1 s; several queues are polled every ``POLL`` seconds), ``engine_options`` (a
 dict for :func:`sqlalchemy.create_engine`), ``publish_linger`` (None: each publish is stored
 before it returns; seconds: publishes return at once and are stored together that long after
-the first of them, by a :class:`squeal.linger.Linger`, as a broker without publisher confirms
-stores them; fanout publishes and those in :func:`in_transaction` are stored at once).
+the first of them, by a :class:`squeal.linger.Linger` per connection, as a broker without
+publisher confirms stores them; fanout publishes and those in :func:`in_transaction` are
+stored at once; an ack, a reject and the end of each Celery task store what the process's
+Lingers hold first).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from squeal.binding_keeper import BindingKeeper
 from squeal.completer import Completer, InFlight
 from squeal.errors import AlreadySettled, DatabaseError, LeaseLost, SquealError, ValidationError
-from squeal.linger import Linger
+from squeal.linger import Linger, close_all, flush_all
 from squeal.message import Message
 from squeal.queue import Queue
+from squeal.validation import seconds
 
 log = logging.getLogger("squeal.kombu")
 
@@ -130,14 +133,16 @@ class Channel(virtual.Channel):
         linger = None if caller is not None else self._transport.linger
         if linger is not None:
             linger.put(_encode(message), queue, priority=priority)
-        else:
-            self.queue.put(_encode(message), queue, priority=priority, connection=caller)
+            return
+        self._transport.flush_sends()  # after what this connection sent lingering
+        self.queue.put(_encode(message), queue, priority=priority, connection=caller)
 
     def _put_fanout(
         self, exchange: str, message: dict[str, Any], routing_key: str, **_: Any
     ) -> None:
         """A copy into every queue bound to ``exchange``, in one transaction."""
         priority = self._get_message_priority(message)
+        self._transport.flush_sends()  # after what this connection sent lingering
         self.queue.publish(_encode(message), exchange, priority=priority, connection=_CALLERS.get())
 
     # -- exchanges and bindings ----------------------------------------------------------------
@@ -335,6 +340,7 @@ class Channel(virtual.Channel):
     # -- settling ----------------------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        flush_all()  # what this process sent (a task's sends) is stored before the ack
         tags = [delivery_tag]
         if multiple:  # every delivery up to this one, in delivery order (AMQP)
             delivered = list(self.qos._delivered)
@@ -349,6 +355,7 @@ class Channel(virtual.Channel):
         self._transport.room.set()
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        flush_all()  # as for an ack
         self._tags.discard(delivery_tag)
         message = self._transport.take(delivery_tag)
         try:
@@ -392,11 +399,13 @@ class Channel(virtual.Channel):
 
     def _purge(self, queue: str) -> int:
         """Delete the topic's messages: every one, leased and dead ones too (docs/celery.md)."""
+        self._transport.flush_sends()
         self._transport.await_acks()
         return self.queue.purge(queue)
 
     def _size(self, queue: str) -> int:
         """Messages of the queue ready now (AMQP's message count: not those leased)."""
+        self._transport.flush_sends()
         self._transport.await_acks()
         return self.queue.size(queue)
 
@@ -480,7 +489,7 @@ class Transport(virtual.Transport):
         self._engine_options = dict(options["engine_options"])
         self._url = options["url"] or _database_url(client)
         linger = options["publish_linger"]
-        self.publish_linger = None if linger is None else float(linger)
+        self.publish_linger = None if linger is None else seconds(linger, "publish_linger")
         self._linger: Linger | None = None
         self._queue: Queue | None = None
         self._lock = threading.Lock()
@@ -524,6 +533,14 @@ class Transport(virtual.Transport):
                 self._linger = Linger(queue, linger=self.publish_linger)
             return self._linger
 
+    def flush_sends(self) -> None:
+        """Store what this connection sent lingering (before anything that must follow it:
+        a purge, a length, a send that is not lingering)."""
+        with self._lock:
+            linger = self._linger
+        if linger is not None:
+            linger.flush()
+
     # -- held deliveries and their leases ------------------------------------------------------
 
     def hold(self, tag: str, message: Message) -> None:
@@ -559,12 +576,9 @@ class Transport(virtual.Transport):
 
     def settle(self, message: Message) -> None:
         """Ack ``message`` at the completer's next flush (acks are committed in batches, as
-        the squeal worker's: a crash before the flush costs a redelivery, never a loss).
-        Lingering publishes are stored first: what a task sent is stored before its ack."""
+        the squeal worker's: a crash before the flush costs a redelivery, never a loss)."""
         with self._lock:
-            closed, linger = self._closed, self._linger
-        if linger is not None:
-            linger.flush()
+            closed = self._closed
         queue = None if closed else self.queue
         entry = InFlight(message, renew_at=0.0)
         with self._lock:
@@ -732,6 +746,30 @@ def _settle(message: Message, how: str) -> None:
     except LeaseLost as lost:
         log.warning("squeal: a delivery's lease was lost before its %s: %s", how, lost)
 
+
+def _connect_celery_signals() -> None:
+    """With Celery installed: after each task, store what it sent lingering (in the task's
+    own process, before an ``acks_late`` ack can commit in the pool's parent), and close
+    every Linger when a pool process ends (billiard ends them without ``atexit``)."""
+    try:
+        from celery import signals
+    except ImportError:  # kombu without Celery
+        return
+    signals.task_postrun.connect(_after_task, weak=False, dispatch_uid="squeal.kombu.linger")
+    signals.worker_process_shutdown.connect(
+        _process_ends, weak=False, dispatch_uid="squeal.kombu.linger"
+    )
+
+
+def _after_task(**_: Any) -> None:
+    flush_all()
+
+
+def _process_ends(**_: Any) -> None:
+    close_all()
+
+
+_connect_celery_signals()
 
 TRANSPORT_ALIASES["squeal"] = "squeal.kombu:Transport"
 

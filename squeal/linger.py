@@ -2,22 +2,27 @@
 
 :class:`Linger` takes puts and returns at once; a thread of its own stores what gathered
 ``linger`` seconds after the first of it arrived (at once when ``batch`` wait, or when someone
-calls :meth:`Linger.flush`), with one :meth:`Queue.put_many` per topic and priority, in the
-order the puts came. kombu's transport sends with one when its ``publish_linger`` option is
-set (docs/celery.md).
+calls :meth:`Linger.flush`), with one :meth:`Queue.put_many` per topic and priority, each in
+the order its puts came. kombu's transport sends with one when its ``publish_linger`` option
+is set (docs/celery.md).
 
 What it costs: a put returns before it is stored, as a send to a broker without publisher
-confirms does. A process that dies loses what waited (at most ``linger`` seconds of puts);
-:meth:`Linger.close` and the interpreter's exit store it first. A put the database refuses
-as invalid, or whose outcome a dropped connection hid (``PutOutcomeUnknown``), is logged, not
-tried again; a database that cannot be reached is tried again (puts wait while ``most``
-are waiting) until ``GIVE_UP`` seconds pass, then what waited is logged as lost.
+confirms does. A process that dies loses every put still waiting: those of the last
+``linger`` seconds, and more while the database is slow or unreachable (up to ``most``).
+:meth:`Linger.close`, :func:`close_all` and the interpreter's exit store what waits first;
+:func:`flush_all` stores what every Linger of the process holds (the kombu transport calls
+it before an ack, and after each Celery task). A put the database refuses as invalid, or whose
+outcome a dropped connection hid (``PutOutcomeUnknown``), is logged, not tried again; while
+the database cannot be reached stores are tried again, and once they have failed for
+``give_up`` seconds without a success, what waits is logged as lost, batch by batch, until one
+succeeds again.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -32,9 +37,9 @@ log = logging.getLogger("squeal.linger")
 
 #: Seconds between tries of a store that failed: doubling from the first to the last.
 RETRY = (0.05, 2.0)
-#: Seconds a store that keeps failing is tried again before its puts are logged as lost.
+#: Seconds stores may keep failing before what waits is logged as lost.
 GIVE_UP = 60.0
-#: Seconds the interpreter's exit waits for what waits to be stored.
+#: Seconds a close (and the interpreter's exit) waits for what waits to be stored.
 AT_EXIT = 10.0
 
 
@@ -45,6 +50,16 @@ class _Put:
     priority: int
 
 
+#: Every Linger of this process that has not been closed (see flush_all, close_all).
+_LIVE: weakref.WeakSet[Linger] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def _live() -> list[Linger]:
+    with _LIVE_LOCK:
+        return list(_LIVE)
+
+
 class Linger:
     """Stores puts in batches on a thread of its own (see the module's documentation).
 
@@ -53,29 +68,40 @@ class Linger:
         linger: seconds the first waiting put waits for others to share its store.
         batch: puts stored at once, without waiting ``linger``.
         most: puts waiting at most; a put that would add one more waits for a store.
+        give_up: seconds stores may keep failing before what waits is logged as lost.
     """
 
-    def __init__(self, queue: Queue, *, linger: float, batch: int = 500, most: int = 10_000):
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        linger: float,
+        batch: int = 500,
+        most: int = 10_000,
+        give_up: float = GIVE_UP,
+    ) -> None:
         self._queue = queue
         self.linger = check.seconds(linger, "linger")
         self._batch = check.count(batch, "batch")
         self._most = max(check.count(most, "most"), self._batch)
+        self._give_up = check.seconds(give_up, "give_up")
         self._reset()
         self._closed = False
-        me = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forked(me))
-        atexit.register(self._at_exit)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     def _reset(self) -> None:
         """An empty Linger (a forked child's copy holds its parent's puts: the parent stores
         them)."""
         self._changed = threading.Condition()
         self._pending: list[_Put] = []
-        self._first = 0.0  # when the oldest waiting put arrived
+        self._first = -math.inf  # when the oldest waiting put arrived (-inf: long ago)
         self._sent = 0  # puts taken so far, in order
         self._stored = 0  # of those, how many were stored or given up
         self._hurry = 0  # flushes waiting: store without lingering
         self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None  # stores fail since then
+        self._abandon = False  # a close timed out: what is left is not tried again
 
     def put(self, payload: bytes, topic: str = "default", *, priority: int = 0) -> None:
         """Store ``payload`` in ``topic`` soon (invalid input raises here, at once); after
@@ -86,25 +112,21 @@ class Linger:
             check.priority(priority),
         )
         with self._changed:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
-                while len(self._pending) >= self._most:
-                    self._changed.wait(0.1)
+            while len(self._pending) >= self._most and not self._closed:
+                self._changed.wait(0.1)
+            if not self._closed:
                 if not self._pending:
                     self._first = time.monotonic()
                 self._pending.append(item)
                 self._sent += 1
                 if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="squeal-linger", daemon=True
-                    )
-                    self._thread.start()
+                    thread = threading.Thread(target=self._run, name="squeal-linger", daemon=True)
+                    thread.start()
+                    self._thread = thread
                 if len(self._pending) == 1 or len(self._pending) >= self._batch:
                     self._changed.notify_all()
-        if closed:
-            self._queue.put(item.payload, item.topic, priority=item.priority)
+                return
+        self._queue.put(item.payload, item.topic, priority=item.priority)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every put made before this call is stored (or given up, and logged);
@@ -127,22 +149,28 @@ class Linger:
                 self._hurry -= 1
 
     def close(self, timeout: float = AT_EXIT) -> None:
-        """Store what waits (``timeout`` seconds at most: what is left then is logged as
-        lost) and stop the thread; puts from now on are stored at once."""
-        atexit.unregister(self._at_exit)
+        """Store what waits and stop the thread; puts from now on are stored at once. What is
+        not stored after ``timeout`` seconds is given up and logged as lost (a store under way
+        then may still complete)."""
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         with self._changed:
             self._closed = True
             thread = self._thread
             self._changed.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            with self._changed:
-                left = self._sent - self._stored
-            if left:
-                log.error("squeal: %d put(s) not stored when the Linger closed: lost", left)
-
-    def _at_exit(self) -> None:
-        self.close(AT_EXIT)
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join(timeout)
+        with self._changed:
+            left = self._sent - self._stored
+            self._abandon = left > 0
+        if left:
+            log.error(
+                "squeal: %d put(s) not stored %gs after the Linger closed: given up, lost "
+                "(unless a store under way completes)",
+                left,
+                timeout,
+            )
 
     def _run(self) -> None:
         while True:
@@ -158,15 +186,14 @@ class Linger:
                     self._changed.wait(left)
                 taken = self._pending[: self._batch]
                 del self._pending[: self._batch]
-                self._first = 0.0  # any left waited already: stored next, without lingering
+                self._first = -math.inf  # any left waited already: stored next, at once
                 self._changed.notify_all()  # room for puts that waited
             try:
                 self._store(taken)
-            except Exception:  # a defect: never let the thread die with puts waiting
-                log.exception("squeal: storing %d put(s) failed: lost", len(taken))
-            with self._changed:
-                self._stored += len(taken)
-                self._changed.notify_all()
+            finally:  # counted even if the thread is torn down: flushes never hang
+                with self._changed:
+                    self._stored += len(taken)
+                    self._changed.notify_all()
 
     def _store(self, taken: list[_Put]) -> None:
         """Store ``taken``: one ``put_many`` per topic and priority, each in its order."""
@@ -174,13 +201,19 @@ class Linger:
         for item in taken:
             runs.setdefault((item.topic, item.priority), []).append(item.payload)
         for (topic, priority), payloads in runs.items():
-            self._store_run(topic, priority, payloads)
+            try:
+                self._store_run(topic, priority, payloads)
+            except Exception:  # a defect: never let the thread die with puts waiting
+                log.exception("squeal: storing %d put(s) to %r failed: lost", len(payloads), topic)
 
     def _store_run(self, topic: str, priority: int, payloads: list[bytes]) -> None:
-        retry, started = RETRY[0], time.monotonic()
+        retry = RETRY[0]
         while True:
+            if self._abandon:
+                return  # counted and logged by close()
             try:
                 self._queue.put_many(payloads, topic, priority=priority)
+                self._failing_since = None
                 return
             except (PutOutcomeUnknown, ValidationError) as error:  # a retry could store twice,
                 log.error(  # or would be refused again
@@ -191,12 +224,14 @@ class Linger:
                 )
                 return
             except SquealError as error:
-                if time.monotonic() - started > GIVE_UP:
+                now = time.monotonic()
+                self._failing_since = self._failing_since or now
+                if now - self._failing_since >= self._give_up:
                     log.error(
-                        "squeal: %d put(s) to %r not stored after %gs: lost (%s)",
+                        "squeal: %d put(s) to %r not stored (stores failing for %gs): lost: %s",
                         len(payloads),
                         topic,
-                        GIVE_UP,
+                        now - self._failing_since,
                         error,
                     )
                     return
@@ -211,11 +246,35 @@ class Linger:
             retry = min(retry * 2, RETRY[1])
 
 
-def _forked(linger: weakref.ref[Linger]) -> None:
-    """In a forked child: forget the parent's puts and thread (the parent stores them)."""
-    kept = linger()
-    if kept is not None:
-        kept._reset()
+def flush_all(timeout: float | None = None) -> bool:
+    """Store what every open Linger of this process holds (waiting ``timeout`` seconds at
+    most in all); False if that time passed first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done = True
+    for linger in _live():
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done = linger.flush(left) and done
+    return done
 
 
-__all__ = ["Linger"]
+def close_all(timeout: float = AT_EXIT) -> None:
+    """Close every open Linger of this process (each stores what waits first)."""
+    for linger in _live():
+        linger.close(timeout)
+
+
+def _forked() -> None:
+    """In a forked child: forget the parent's puts and threads (the parent stores them)."""
+    try:
+        for linger in list(_LIVE):
+            linger._reset()
+    finally:
+        _LIVE_LOCK.release()  # taken before the fork (so no other thread held it then)
+
+
+os.register_at_fork(
+    before=_LIVE_LOCK.acquire, after_in_parent=_LIVE_LOCK.release, after_in_child=_forked
+)
+atexit.register(close_all)
+
+__all__ = ["Linger", "close_all", "flush_all"]

@@ -5,7 +5,8 @@ Configured from the environment: ``SQUEAL_CELERY_BROKER`` (a ``squeal+`` URL),
 appends a line to when it finishes: what the test reads), ``SQUEAL_CELERY_VT`` (the lease),
 ``SQUEAL_CELERY_BACKEND`` (Celery's database result backend, ``db+URL``; its tables are
 named after the prefix), ``SQUEAL_CELERY_REMOTE`` (``1``: remote control on, through the
-``celery.pidbox`` fanout exchange).
+``celery.pidbox`` fanout exchange), ``SQUEAL_CELERY_LINGER`` (the transport's
+``publish_linger``, seconds; unset: none).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ app.conf.update(
     broker_transport_options={
         "prefix": os.environ.get("SQUEAL_CELERY_PREFIX", "squeal"),
         "visibility_timeout": float(os.environ.get("SQUEAL_CELERY_VT", "60")),
+        "publish_linger": float(os.environ["SQUEAL_CELERY_LINGER"])
+        if os.environ.get("SQUEAL_CELERY_LINGER")
+        else None,
     },
     broker_connection_retry_on_startup=True,
     task_acks_late=True,
@@ -66,6 +70,13 @@ def flaky(self: Any, n: int) -> int:
         raise self.retry(countdown=1)
     _done(f"done {n}")
     return n
+
+
+@app.task(name="relay")
+def relay(n: int) -> None:
+    """Send ``record(n)`` (a task that sends another, as a chain or a callback does)."""
+    app.send_task("record", args=[n])
+    _done(f"relayed {n}")
 
 
 @app.task(name="add")

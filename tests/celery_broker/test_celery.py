@@ -51,10 +51,17 @@ class Broker:
         self.sender.conf.database_table_names = result_tables(self.prefix)
 
     def worker(
-        self, visibility_timeout: float = 60.0, concurrency: int = 4, *, remote: bool = False
+        self,
+        visibility_timeout: float = 60.0,
+        concurrency: int = 4,
+        *,
+        remote: bool = False,
+        pool: str = "threads",
+        linger: float | None = None,
     ) -> None:
         env = {
             "SQUEAL_CELERY_REMOTE": "1" if remote else "0",
+            "SQUEAL_CELERY_LINGER": "" if linger is None else str(linger),
             **os.environ,
             "SQUEAL_CELERY_BACKEND": self.backend or "",
             "SQUEAL_CELERY_BROKER": self.url,
@@ -64,7 +71,7 @@ class Broker:
         }
         command = [
             sys.executable, "-m", "celery", "-A", "tests.celery_broker.app", "worker",
-            "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "WARNING",
+            "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "WARNING",
             "--without-heartbeat", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         with (self.tmp / f"worker{len(self.workers)}.out").open("wb") as output:
@@ -160,6 +167,20 @@ def test_remote_control_reaches_the_worker_through_a_fanout_exchange(broker: Bro
     (worker,) = broker.workers
     assert worker.wait(timeout=30) == 0, broker.output()
     assert broker.queue.bindings("celery.pidbox") == []
+
+
+def test_what_a_task_sends_lingering_is_stored_when_it_ends_in_a_prefork_pool(
+    broker: Broker,
+) -> None:
+    """With ``publish_linger`` an hour long, the task ``relay`` sends runs only because the
+    pool process stores it when ``relay`` ends (before its ``acks_late`` ack, which the pool's
+    parent commits: a flush there would not reach the child's sends)."""
+    broker.worker(pool="prefork", concurrency=1, linger=3600.0)
+    broker.sender.send_task("relay", args=[7])
+    broker.wait_for(lambda: broker.done()[7] == 1, "the task relay sent ran")
+    broker.stop()
+    assert broker.lines() == ["relayed 7", "done 7"]
+    assert broker.queue.stats() == {}
 
 
 def test_a_retry_with_a_countdown_runs_again_later(broker: Broker) -> None:

@@ -365,3 +365,23 @@ def test_lingering_publishes_are_stored_together_before_an_ack_and_at_close(
         {"n": "committed"},
         {"n": 4},
     ]
+
+
+def test_an_ack_stores_first_what_any_connection_of_the_process_sent_lingering(
+    broker: tuple[str, Queue],
+) -> None:
+    """A Celery task sends through the producer pool's connections, not the one its worker
+    acks on: the ack stores what every connection of the process holds first."""
+    _, queue = broker
+    with _connect(broker) as consumer, _connect(broker, publish_linger=3600.0) as producer:
+        jobs = consumer.SimpleQueue("jobs")
+        jobs.consumer.qos(prefetch_count=1)
+        jobs.put({"n": 0})
+        delivery = jobs.get(timeout=5)
+        follow_up = producer.SimpleQueue("follow_up")
+        follow_up.put({"n": 1})  # what the task sends
+        assert queue.size("follow_up") == 0
+        delivery.ack()
+        assert queue.size("follow_up") == 1
+        follow_up.close()
+        jobs.close()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 
 from squeal import PayloadTooLarge, Queue, ValidationError
-from squeal.linger import Linger
+from squeal.linger import Linger, close_all, flush_all
 
 pytestmark = pytest.mark.sync_only(
     "Linger is a sync producer's helper with a thread of its own; AsyncQueue has none"
@@ -96,5 +98,37 @@ def test_a_forked_child_leaves_its_parents_puts_to_the_parent(queue: Queue) -> N
         assert os.waitstatus_to_exitcode(status) == 0
         assert linger.flush(timeout=60)
         assert sorted(_ready(queue, "t")) == [b"child", b"parent"]  # each once
+    finally:
+        linger.close()
+
+
+def test_flush_all_and_close_all_reach_every_open_linger(queue: Queue) -> None:
+    first, second = Linger(queue, linger=LONG), Linger(queue, linger=LONG)
+    try:
+        first.put(b"1", "a")
+        second.put(b"2", "b")
+        assert flush_all(timeout=60)
+        assert queue.size("a") == 1
+        assert queue.size("b") == 1
+        first.put(b"3", "a")
+        second.put(b"4", "b")
+    finally:
+        close_all()
+    assert queue.size("a") == 2
+    assert queue.size("b") == 2
+
+
+def test_puts_that_keep_failing_are_given_up_and_logged(
+    make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
+) -> None:
+    doomed = make_queue()
+    doomed.destroy()  # every store fails: the tables are gone
+    linger = Linger(doomed, linger=LONG, give_up=0.3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="squeal.linger"):
+            linger.put(b"never stored", "t")
+            assert linger.flush(timeout=60)  # given up, not hanging
+        assert "1 put(s) to 't'" in caplog.text
+        assert "failing for" in caplog.text, caplog.text
     finally:
         linger.close()
