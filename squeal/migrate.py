@@ -249,7 +249,8 @@ def schema_diff(
                 "compare_server_default": True,
             },
         )
-        return list(compare_metadata(ctx, build_tables(prefix, schema).metadata))
+        declared = build_tables(prefix, schema, engine.dialect.name).metadata
+        return list(compare_metadata(ctx, declared))
 
 
 def sql(

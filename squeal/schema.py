@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from squeal.errors import ValidationError
 
 #: The Alembic revision this version of squeal needs (a test checks it is the migrations' head).
-SCHEMA_REVISION = "squeal_0007_compat_0002"
+SCHEMA_REVISION = "squeal_0008_compat_0002"
 
 #: Longest suffix squeal appends to a prefix (``_alembic_version_pkc``, Alembic's pk name).
 _LONGEST_SUFFIX = len("_alembic_version_pkc")
@@ -158,8 +158,20 @@ class Tables:
     binding: sa.Table
 
 
-def build_tables(prefix: str, schema: str | None = None) -> Tables:
-    """Declare squeal's tables for ``prefix`` (in ``schema``) on a fresh MetaData."""
+def _dedup_unique(prefix: str, dialect: str | None) -> sa.Index | sa.UniqueConstraint:
+    """At most one message per (topic, dedup key): on SQLite a unique index of the rows that
+    have a key (squeal_0008); elsewhere a unique constraint, where NULL keys take no entry
+    (PostgreSQL) or no place in the uniqueness (MariaDB)."""
+    name = f"{prefix}_message_dedup_uq"
+    if dialect == "sqlite":
+        where = sa.text("dedup_key IS NOT NULL")
+        return sa.Index(name, "topic", "dedup_key", unique=True, sqlite_where=where)
+    return sa.UniqueConstraint("topic", "dedup_key", name=name)
+
+
+def build_tables(prefix: str, schema: str | None = None, dialect: str | None = None) -> Tables:
+    """Declare squeal's tables for ``prefix`` (in ``schema``) on a fresh MetaData, as they
+    are on ``dialect`` (its name; the dedup keys' uniqueness differs on SQLite)."""
     prefix = validate_prefix(prefix)
     schema = validate_schema(schema)
     metadata = sa.MetaData(schema=schema)
@@ -192,8 +204,15 @@ def build_tables(prefix: str, schema: str | None = None) -> Tables:
         sa.Column("headers", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=f"{prefix}_message_pk"),
         sa.Index(f"{prefix}_message_claim_ix", "topic", "state", "neg_priority", "id"),
-        sa.Index(f"{prefix}_message_due_ix", "topic", "visible_at"),
-        sa.UniqueConstraint("topic", "dedup_key", name=f"{prefix}_message_dedup_uq"),
+        # Only WAITING rows and READY rows with a ttl have a visible_at: on SQLite, which
+        # indexes NULLs, the others stay out of the index (squeal_0008).
+        sa.Index(
+            f"{prefix}_message_due_ix",
+            "topic",
+            "visible_at",
+            sqlite_where=sa.text("visible_at IS NOT NULL"),
+        ),
+        _dedup_unique(prefix, dialect),
         sqlite_autoincrement=True,
     )
     topic_lock = sa.Table(

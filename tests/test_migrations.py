@@ -168,6 +168,37 @@ def test_upgrade_downgrade_to_base_with_messages_then_upgrade_again(
     msg.ack()
 
 
+@pytest.mark.usefixtures("drop_tables")
+def test_down_and_up_across_squeal_0008_keeps_messages_and_dedup_keys_and_reuses_no_id(
+    engine: sa.Engine, prefix: str
+) -> None:
+    """squeal_0008 rebuilds SQLite's message table (elsewhere it changes nothing)."""
+    migrate.upgrade(engine, prefix=prefix)
+    q = Queue(engine, prefix=prefix)
+    q.put(b"later", "t", delay=3600)
+    ids = [q.put(b"%d" % n, "t", dedup_key=f"k{n}") for n in range(5)]
+    taken = q.get_many("t", 5)
+    q.ack_many([m for m in taken if m.payload in (b"3", b"4")])  # the highest ids: deleted
+    for m in taken:
+        if m.payload not in (b"3", b"4"):
+            m.release()
+    q.close()
+
+    migrate.downgrade(engine, prefix=prefix, revision="squeal_0007_compat_0002")
+    migrate.upgrade(engine, prefix=prefix)
+    assert compare_with_schema(engine, prefix) == []
+    again = Queue(engine, prefix=prefix)
+    assert again.put(b"copy", "t", dedup_key="k0") is None  # a live message's key still holds
+    new = again.put(b"new", "t")
+    assert new is not None
+    assert new > max(i for i in ids if i is not None)  # after the ids deleted before
+    got = again.get_many("t", 10)
+    assert sorted(m.payload for m in got) == [b"0", b"1", b"2", b"new"]
+    again.ack_many(got)
+    assert again.stats()["t"].delayed == 1  # the delayed one kept its time
+    again.close()
+
+
 def test_version_table_is_prefixed_and_the_application_alembic_version_is_untouched(
     private_engine: sa.Engine, prefix: str
 ) -> None:

@@ -20,7 +20,6 @@ from squeal.schema import build_tables
 config = context.config
 prefix = migration_prefix()
 schema = migration_schema()
-target_metadata = build_tables(prefix, schema).metadata
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -41,9 +40,9 @@ def _url() -> str:
     return url
 
 
-def _configure(**kw: Any) -> None:
+def _configure(dialect: str, **kw: Any) -> None:
     context.configure(
-        target_metadata=target_metadata,
+        target_metadata=build_tables(prefix, schema, dialect).metadata,
         version_table=version_table(prefix),
         version_table_schema=schema,
         include_schemas=schema is not None,
@@ -55,7 +54,9 @@ def _configure(**kw: Any) -> None:
 
 
 def run_offline() -> None:
-    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    url = _url()
+    dialect = sa.make_url(url).get_backend_name()
+    _configure(dialect, url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
 
@@ -63,7 +64,7 @@ def run_offline() -> None:
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _configure(connection=connection)
+        _configure(connection.dialect.name, connection=connection)
         with context.begin_transaction():
             context.run_migrations()
         return
@@ -71,7 +72,7 @@ def run_online() -> None:
     # upgrades of one prefix take turns (squeal.migrate holds it before passing a connection).
     engine = sa.create_engine(_url(), poolclass=sa.pool.NullPool)
     with engine.connect() as conn, migration_transaction(conn, prefix, schema):
-        _configure(connection=conn)
+        _configure(conn.dialect.name, connection=conn)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
