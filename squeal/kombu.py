@@ -340,7 +340,7 @@ class Channel(virtual.Channel):
     # -- settling ----------------------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        flush_all()  # what this process sent (a task's sends) is stored before the ack
+        _flush_all()  # what this process sent (a task's sends) is stored before the ack
         tags = [delivery_tag]
         if multiple:  # every delivery up to this one, in delivery order (AMQP)
             delivered = list(self.qos._delivered)
@@ -355,7 +355,7 @@ class Channel(virtual.Channel):
         self._transport.room.set()
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        flush_all()  # as for an ack
+        _flush_all()  # as for an ack
         self._tags.discard(delivery_tag)
         message = self._transport.take(delivery_tag)
         try:
@@ -450,6 +450,7 @@ class Channel(virtual.Channel):
             for exchange, routing_key, _ in bindings:
                 binding = (exchange, routing_key or "", queue)
                 self._transport.bindings.unbind(self.queue, binding)
+            self._transport.flush_sends()
             self.queue.purge(queue)
         except SquealError as error:  # its bindings expire, if it declared x-expires
             log.warning("squeal: auto_delete queue %r was not deleted: %s", queue, error)
@@ -535,10 +536,11 @@ class Transport(virtual.Transport):
 
     def flush_sends(self) -> None:
         """Store what this connection sent lingering (before anything that must follow it:
-        a purge, a length, a send that is not lingering)."""
+        a purge, a length, a send that is not lingering); not inside :func:`in_transaction`,
+        whose transaction may hold locks the store needs (SQLite's write lock)."""
         with self._lock:
             linger = self._linger
-        if linger is not None:
+        if linger is not None and _CALLERS.get() is None:
             linger.flush()
 
     # -- held deliveries and their leases ------------------------------------------------------
@@ -761,8 +763,15 @@ def _connect_celery_signals() -> None:
     )
 
 
+def _flush_all() -> None:
+    """Store what every Linger of the process holds; not inside :func:`in_transaction` (see
+    Transport.flush_sends)."""
+    if _CALLERS.get() is None:
+        flush_all()
+
+
 def _after_task(**_: Any) -> None:
-    flush_all()
+    _flush_all()
 
 
 def _process_ends(**_: Any) -> None:

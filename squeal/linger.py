@@ -115,21 +115,21 @@ class Linger:
             while len(self._pending) >= self._most and not self._closed:
                 self._changed.wait(0.1)
             if not self._closed:
+                if self._thread is None:  # first: a thread that fails to start takes nothing
+                    thread = threading.Thread(target=self._run, name="squeal-linger", daemon=True)
+                    thread.start()
+                    self._thread = thread
                 if not self._pending:
                     self._first = time.monotonic()
                 self._pending.append(item)
                 self._sent += 1
-                if self._thread is None:
-                    thread = threading.Thread(target=self._run, name="squeal-linger", daemon=True)
-                    thread.start()
-                    self._thread = thread
                 if len(self._pending) == 1 or len(self._pending) >= self._batch:
                     self._changed.notify_all()
                 return
         self._queue.put(item.payload, item.topic, priority=item.priority)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every put made before this call is stored (or given up, and logged);
+        """Wait until every put made before this call is stored or given up (and logged);
         False if ``timeout`` seconds passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -149,9 +149,10 @@ class Linger:
                 self._hurry -= 1
 
     def close(self, timeout: float = AT_EXIT) -> None:
-        """Store what waits and stop the thread; puts from now on are stored at once. What is
-        not stored after ``timeout`` seconds is given up and logged as lost (a store under way
-        then may still complete)."""
+        """Store what waits and stop the thread; puts from now on are stored at once (so one
+        made while the close still stores may land before those). What is not stored after
+        ``timeout`` seconds is given up and logged as lost (a store under way then may still
+        complete)."""
         with _LIVE_LOCK:
             _LIVE.discard(self)
         with self._changed:
@@ -178,6 +179,7 @@ class Linger:
                 while not self._pending:
                     if self._closed:
                         return
+                    self._failing_since = None  # nothing waits: a later failure starts afresh
                     self._changed.wait()
                 while len(self._pending) < self._batch and not (self._closed or self._hurry):
                     left = self._first + self.linger - time.monotonic()

@@ -385,3 +385,27 @@ def test_an_ack_stores_first_what_any_connection_of_the_process_sent_lingering(
         assert queue.size("follow_up") == 1
         follow_up.close()
         jobs.close()
+
+
+def test_a_send_in_the_callers_transaction_never_waits_for_lingering_sends(
+    broker: tuple[str, Queue],
+) -> None:
+    """The caller's transaction may hold a lock the lingering sends' store needs (SQLite's
+    write lock, once the caller wrote): a send in it must not wait for them."""
+    _, queue = broker
+    orders = sa.Table(f"{queue.prefix}_orders", sa.MetaData(), sa.Column("id", sa.Integer))
+    orders.create(queue.engine)
+    try:
+        with _connect(broker, publish_linger=3600.0) as conn:
+            jobs = conn.SimpleQueue("jobs")
+            jobs.put({"n": "lingering"})
+            started = time.monotonic()
+            with queue.engine.begin() as caller, squeal.kombu.in_transaction(caller):
+                caller.execute(orders.insert().values(id=1))  # the caller's write comes first
+                jobs.put({"n": "in the transaction"})
+            assert time.monotonic() - started < 20  # no wait for a lock it holds itself
+            assert conn.transport.linger.flush(timeout=60)
+            assert queue.size("jobs") == 2
+            jobs.close()
+    finally:
+        orders.drop(queue.engine)
