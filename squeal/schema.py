@@ -22,8 +22,8 @@ MAX_PREFIX_LENGTH = _MAX_IDENTIFIER - _LONGEST_SUFFIX
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 #: Message states stored in ``state``. WAITING covers delayed, leased and backing-off messages;
-#: the claim promotes a WAITING row whose ``visible_at`` has passed. Only WAITING rows have a
-#: ``visible_at``: the due index then holds nothing but rows that wait, in time order.
+#: the claim promotes a WAITING row whose ``visible_at`` has passed. Only WAITING rows and
+#: READY rows with a ttl (their expiry) have a ``visible_at``: the due index orders them by it.
 READY, WAITING, DEAD = 0, 1, 2
 
 
@@ -160,8 +160,7 @@ class Tables:
 
 def _dedup_unique(prefix: str, dialect: str | None) -> sa.Index | sa.UniqueConstraint:
     """At most one message per (topic, dedup key): on SQLite a unique index of the rows that
-    have a key (squeal_0008); elsewhere a unique constraint, where NULL keys take no entry
-    (PostgreSQL) or no place in the uniqueness (MariaDB)."""
+    have a key (squeal_0008); elsewhere a unique constraint (NULL keys never collide)."""
     name = f"{prefix}_message_dedup_uq"
     if dialect == "sqlite":
         where = sa.text("dedup_key IS NOT NULL")

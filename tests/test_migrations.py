@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -683,6 +684,20 @@ def test_squeal_migrate_sql_prints_the_ddl_without_creating_tables(
     assert f"CREATE TABLE {prefix}_alembic_version" in result.stdout
     assert f"CREATE INDEX {prefix}_message_claim_ix" in result.stdout
     assert prefix_tables(engine, prefix) == set()
+    if engine.dialect.name == "sqlite":  # the script, run by hand, gives squeal's schema
+        script = result.stdout
+        assert script.lstrip().startswith("BEGIN;"), script[:200]  # one change (squeal_0008)
+        assert script.rstrip().endswith("COMMIT;"), script[-200:]
+        target = tmp_path / "by_hand.db"
+        with sqlite3.connect(target, isolation_level=None) as by_hand:
+            by_hand.executescript(script)
+        by_hand.close()
+        hand_engine = sa.create_engine(f"sqlite:///{target}")
+        try:
+            assert compare_with_schema(hand_engine, prefix) == []
+            assert migrate.current(hand_engine, prefix=prefix) == SCHEMA_REVISION
+        finally:
+            hand_engine.dispose()
 
 
 @pytest.mark.parametrize(

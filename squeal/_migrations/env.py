@@ -56,7 +56,11 @@ def _configure(dialect: str, **kw: Any) -> None:
 def run_offline() -> None:
     url = _url()
     dialect = sa.make_url(url).get_backend_name()
-    _configure(dialect, url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
+    # SQLite runs DDL in transactions, but Alembic prints none for it: without BEGIN/COMMIT a
+    # script that rebuilds a table (squeal_0008) would not be one change (others' writes
+    # could fall between its statements).
+    atomic = {"transactional_ddl": True} if dialect == "sqlite" else {}
+    _configure(dialect, url=url, literal_binds=True, dialect_opts={"paramstyle": "named"}, **atomic)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,15 +1,16 @@
 """SQLite: the due index and the dedup keys' unique index hold only the rows that need them.
 
 Every ready message has NULL in ``visible_at`` and, unless put with a dedup key, in
-``dedup_key``; SQLite indexes NULLs, so each put and each ack wrote and removed an entry in
-both indexes that no query reads. Both become partial (``WHERE visible_at IS NOT NULL``,
+``dedup_key``; SQLite indexes NULLs, so each put wrote an entry in both indexes that no query
+reads (and each ack removed its dedup entry). Both become partial (``WHERE visible_at IS NOT NULL``,
 ``WHERE dedup_key IS NOT NULL``): the due walk's ``visible_at <= now`` implies the first, and
 uniqueness of (topic, dedup_key) never concerned NULL keys (docs/performance.md). The unique
 constraint is part of the table's definition, so the table is rebuilt (its rows copied).
 
 PostgreSQL and MariaDB are left as they are (MariaDB has no partial indexes). Statements do
 not name these indexes, so squeal at squeal_0002 and later still runs on these tables
-(``_compat_0002``).
+(``_compat_0002``). The rebuild copies squeal's own definition: indexes or views a user added
+on the message table are not carried over (a view makes the upgrade fail and roll back).
 
 Revision ID: squeal_0008_compat_0002
 Revises: squeal_0007_compat_0002
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 from alembic.operations import BatchOperations
 
 from squeal.migrate import migration_prefix, migration_schema
@@ -34,7 +35,16 @@ depends_on = None
 
 
 def _sqlite() -> bool:
-    return op.get_context().dialect.name == "sqlite"
+    """Whether this runs on SQLite; if so, online, within a transaction that holds the write
+    lock from its first statement on (squeal's own migrations run in one; under another
+    env.py pysqlite may run each DDL statement outside any), so the rebuild is one change."""
+    if op.get_context().dialect.name != "sqlite":
+        return False
+    if not context.is_offline_mode():
+        bind = op.get_bind()
+        if not getattr(bind.connection.dbapi_connection, "in_transaction", True):
+            bind.exec_driver_sql("BEGIN IMMEDIATE")
+    return True
 
 
 def _message(p: str, s: str | None, *, unique: bool) -> sa.Table:
