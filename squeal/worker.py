@@ -229,6 +229,10 @@ class Worker:
         self._changed = threading.Condition(self._lock)
         self._in_flight: set[InFlight] = set()  # claimed and not settled (one per lease)
         self._arrived = threading.Event()  # wakes the heartbeat for a new in-flight message
+        #: When the sleeping heartbeat thread wakes next (under ``_lock``; -inf while it is
+        #: awake: it then sees every claim's leases): a claim wakes it only for leases due
+        #: sooner, not once per claim.
+        self._next_beat = -math.inf
         self._completer = Completer(
             queue, self._finished, every=settings.settle_every, batch=SETTLE_BATCH
         )
@@ -359,14 +363,17 @@ class Worker:
             retry = CLAIM_RETRY[0]
             if not messages:
                 continue
-            entries = [InFlight(msg, asked + self.heartbeat) for msg in messages]
+            due = asked + self.heartbeat
+            entries = [InFlight(msg, due) for msg in messages]
             with self._changed:
                 for entry in entries:
                     self._in_flight.add(entry)
                 self._waiting.extend(entries)
                 self._unhandled += len(entries)
                 self._changed.notify_all()
-            self._arrived.set()
+                wake = due < self._next_beat
+            if wake:
+                self._arrived.set()
         self._give_back_waiting()
 
     def _give_back_waiting(self) -> None:
@@ -427,7 +434,10 @@ class Worker:
             finally:
                 with self._changed:
                     self._unhandled -= 1
-                    self._changed.notify_all()
+                    # Only the claim loop waits for this, and only until it may claim: not
+                    # woken for each message, so claims come in batches without a switch.
+                    if self._settings.claimable(self._unhandled, len(self._waiting)):
+                        self._changed.notify_all()
 
     def _handle(self, entry: InFlight) -> None:
         msg = entry.message
@@ -495,12 +505,16 @@ class Worker:
                     self._renew(entry)
             with self._lock:
                 due = min((e.renew_at for e in self._in_flight if not e.done), default=math.inf)
-            self._arrived.clear()
-            pause = min(due - time.monotonic(), self.heartbeat)
-            if self._stop.is_set():
-                pause = min(pause, 0.05)
+                self._arrived.clear()
+                pause = min(due - time.monotonic(), self.heartbeat)
+                if self._stop.is_set():
+                    pause = min(pause, 0.05)
+                # Claims that end from now on wake it only if their leases are due sooner.
+                self._next_beat = time.monotonic() + pause
             if pause > 0:
                 self._arrived.wait(pause)
+            with self._lock:
+                self._next_beat = -math.inf  # awake: every claim's leases are seen next round
 
     def _renew(self, entry: InFlight) -> None:
         with entry.lock:
