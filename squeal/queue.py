@@ -435,8 +435,11 @@ class Queue:
         ttl: object = None,
         max_attempts: object = None,
         headers: object = None,
+        putting: bool = True,
     ) -> dict[str, Any]:
-        """The validated columns every message of one put or put_many shares."""
+        """The validated columns every message of one put or put_many shares; told to the
+        claim scopes unless ``putting`` is False (validation alone: nothing goes to that
+        topic)."""
         delay_s = self.new_message_delay if delay is None else check.seconds(delay, "delay")
         delay_ms = check.to_ms(delay_s)
         ttl_ms = None
@@ -448,7 +451,8 @@ class Queue:
         if max_attempts is not None:
             own_max = check.count(max_attempts, "max_attempts", maximum=_UNLIMITED_ATTEMPTS)
         topic, neg_priority = check.text(topic, "topic"), -check.priority(priority)
-        self._scopes.put(topic, neg_priority)
+        if putting:
+            self._scopes.put(topic, neg_priority)
         return {
             "topic": topic,
             "neg_priority": neg_priority,
@@ -1161,7 +1165,7 @@ class Queue:
             "max_attempts": max_attempts,
             "headers": headers,
         }
-        self._shared(exchange, **options)  # validates before anything is sent
+        self._shared(exchange, **options, putting=False)  # validates before anything is sent
         conn = check.connection(connection)
         insert, exchanges = self._strategy.insert, self._exchanges
 
