@@ -757,21 +757,17 @@ def _connect_celery_signals() -> None:
         from celery import signals
     except ImportError:  # kombu without Celery
         return
-    signals.task_postrun.connect(_after_task, weak=False, dispatch_uid="squeal.kombu.linger")
+    signals.task_postrun.connect(_flush_all, weak=False, dispatch_uid="squeal.kombu.linger")
     signals.worker_process_shutdown.connect(
         _process_ends, weak=False, dispatch_uid="squeal.kombu.linger"
     )
 
 
-def _flush_all() -> None:
+def _flush_all(**_: Any) -> None:
     """Store what every Linger of the process holds; not inside :func:`in_transaction` (see
-    Transport.flush_sends)."""
+    Transport.flush_sends). Also Celery's ``task_postrun`` receiver."""
     if _CALLERS.get() is None:
         flush_all()
-
-
-def _after_task(**_: Any) -> None:
-    _flush_all()
 
 
 def _process_ends(**_: Any) -> None:
