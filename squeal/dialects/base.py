@@ -192,7 +192,7 @@ class Strategy:
         #: Whether puts announce new messages (the Queue's ``notify`` option).
         self.notify = notify
         m = self.m = tables.message
-        self._multirow_cache: dict[tuple[int, bool, Timing], sa.Executable] = {}
+        self._multirow_cache: dict[tuple[int, bool, Timing, bool], sa.Executable] = {}
         self._row_names_cache: dict[int, tuple[list[str], list[str]]] = {}
         now = now_ms()
 
@@ -452,7 +452,8 @@ class Strategy:
         values = dict(shared)
         values.update(zip(payload_names, payloads, strict=True))
         values.update(zip(key_names, keys, strict=True))
-        statement = self._multirow(len(payloads), dedup, kind)
+        bare = shared["msg_max_attempts"] is None and shared["headers"] is None
+        statement = self._multirow(len(payloads), dedup, kind, bare)
         return ids_in_order(keys, ex.rows(statement, values))
 
     def insert_statements(self, n: int) -> int:
@@ -473,10 +474,12 @@ class Strategy:
         row: dict[str, Any] = {
             "topic": _param("topic"),
             "neg_priority": _param("neg_priority"),
-            "state": _param("state"),
-            "visible_at": None,
+            # What the timing fixes is written into the SQL: a driver that formats parameters
+            # itself (PyMySQL) formats each of a multi-row INSERT's parameters once per row.
+            "state": sa.literal_column(str(WAITING if delayed else READY), sa.SmallInteger()),
+            "visible_at": sa.null(),
             "enqueued_at": now,
-            "attempts": 0,
+            "attempts": sa.literal_column("0", sa.Integer()),
             "dedup_key": _param("dedup_key"),
             "payload": _param("payload", sa.LargeBinary()),
             "max_attempts": _param("msg_max_attempts", sa.Integer()),
@@ -526,23 +529,35 @@ class Strategy:
         """The INSERT ... RETURNING a put runs; PostgreSQL adds its wake-up notification."""
         return insert
 
-    def _multirow(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
+    def _multirow(self, n: int, dedup: bool, kind: Timing, bare: bool) -> sa.Executable:
         """The cached :meth:`multirow_insert` of ``n`` rows."""
-        key = (n, dedup, kind)
+        key = (n, dedup, kind, bare)
         stmt = self._multirow_cache.get(key)
         if stmt is None:
-            stmt = self.multirow_insert(n, dedup, kind)
+            stmt = self.multirow_insert(n, dedup, kind, bare=bare)
             if len(self._multirow_cache) < 64:
                 self._multirow_cache[key] = stmt
         return stmt
 
-    def multirow_insert(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
-        """An INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key)."""
+    def multirow_insert(
+        self, n: int, dedup: bool, kind: Timing, *, bare: bool = False
+    ) -> sa.Executable:
+        """An INSERT of ``n`` rows (payload_i, dedup_key_i) returning (id, dedup_key).
+
+        The shared values are bound in every row, so the NULLs a put without dedup keys,
+        max_attempts or headers (``bare``) would bind are written into the SQL: a driver that
+        formats parameters itself (PyMySQL) then formats 3 per row (topic, priority, payload),
+        not 9.
+        """
+        shared = self.new_row(kind)
+        if bare:
+            shared.update(max_attempts=sa.null(), headers=sa.null())
+        key_type = self.m.c.dedup_key.type
         rows = [
             {
-                **self.new_row(kind),
+                **shared,
                 "payload": _param(f"payload_{i}", sa.LargeBinary()),
-                "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=self.m.c.dedup_key.type),
+                "dedup_key": sa.bindparam(f"dedup_key_{i}", type_=key_type) if dedup else sa.null(),
             }
             for i in range(n)
         ]

@@ -75,7 +75,9 @@ class SQLiteStrategy(Strategy):
             index_elements=keys, set_={name: stmt.excluded[name] for name in update}
         )
 
-    def multirow_insert(self, n: int, dedup: bool, kind: Timing) -> sa.Executable:
+    def multirow_insert(
+        self, n: int, dedup: bool, kind: Timing, *, bare: bool = False
+    ) -> sa.Executable:
         """``INSERT ... SELECT <shared values>, column2, column3 FROM (VALUES (i, ?, ?), ...)``.
 
         Only each message's key and payload are bound per row (2 parameters, not 9) and the
