@@ -42,7 +42,7 @@ ROWS = {
 NOT_LEAN = {"drain_2", "drain_8", "latency", "memory"}
 
 
-def _bench(tmp_path: Path, *args: str, timeout: float = 180) -> tuple[str, dict[str, Any]]:
+def _bench(tmp_path: Path, *args: str, timeout: float = 600) -> tuple[str, dict[str, Any]]:
     """Run ``squeal bench ARGS --json``: its stdout and the JSON it wrote (exit 0, no traceback)."""
     out = tmp_path / "bench.json"
     done = subprocess.run(

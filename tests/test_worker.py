@@ -388,7 +388,7 @@ def test_killed_worker_process_message_is_redelivered(
     q = make_queue()
     msg_id = q.put(b"job", "jobs")
     out = tmp_path / "out.txt"
-    child = _worker_process(db_url, prefix, out, 60, "--visibility-timeout", "1")
+    child = _worker_process(db_url, prefix, out, 60, "--visibility-timeout", "3")
     try:
         _wait_for(lambda: f"start {msg_id}" in _lines(out))
         child.send_signal(signal.SIGKILL)
@@ -413,7 +413,7 @@ def test_a_worker_killed_before_its_acks_committed_redelivers_the_messages(
     ids = [i for i in q.put_many([b"one", b"two"], "jobs") if i is not None]
     out = tmp_path / "out.txt"
     child = _worker_process(
-        db_url, prefix, out, 0, "--visibility-timeout", "1", "--settle-every", "60"
+        db_url, prefix, out, 0, "--visibility-timeout", "3", "--settle-every", "60"
     )
     try:
         _wait_for(lambda: {f"done {i}" for i in ids} <= set(_lines(out)))

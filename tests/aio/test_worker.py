@@ -101,7 +101,7 @@ def test_a_cancelled_run_drains_then_releases_what_outlives_the_grace_period(
                 finished.append(message.payload)
 
             worker = AsyncWorker(
-                q, handle, ["quick", "stuck"], concurrency=2, wait=0.05, grace_period=1.0
+                q, handle, ["quick", "stuck"], concurrency=2, wait=0.05, grace_period=5.0
             )
             run_task = asyncio.create_task(worker.run(install_signal_handlers=False))
             await asyncio.wait_for(started["quick"].wait(), 30.0)

@@ -23,6 +23,7 @@ from celery import Celery, chord, group
 import squeal.kombu  # noqa: F401 - registers the squeal+ URLs
 from squeal import Queue
 from tests.celery_broker.app import result_tables
+from tests.reliability.helpers import leased_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,10 +158,10 @@ def test_remote_control_reaches_the_worker_through_a_fanout_exchange(broker: Bro
     replies: dict[str, object] = {}
 
     def answered() -> bool:
-        replies.update(broker.sender.control.inspect(timeout=2).ping() or {})
+        replies.update(broker.sender.control.inspect(timeout=10, limit=1).ping() or {})
         return bool(replies)
 
-    broker.wait_for(answered, "a ping answered", timeout=30)
+    broker.wait_for(answered, "a ping answered", timeout=90)
     assert list(replies.values()) == [{"ok": "pong"}]
     assert [b.exchange for b in broker.queue.bindings("celery.pidbox")] == ["celery.pidbox"]
     broker.sender.control.broadcast("shutdown")
@@ -208,6 +209,9 @@ def test_acks_late_tasks_of_a_sigkilled_worker_run_again_and_none_is_lost(
     broker.workers[0].send_signal(signal.SIGKILL)
     broker.workers[0].wait(timeout=30)
     at_kill = broker.done()
+    # What the dead worker held (no one claims until the next worker starts): what it ran
+    # whose ack had not committed is among these, however many its completer had waiting.
+    held = leased_ids(broker.queue.engine, broker.prefix)
     assert len(at_kill) < total, "the worker finished everything before it was killed"
     broker.worker(visibility_timeout=4.0)
     broker.wait_for(lambda: len(broker.done()) == total, f"{total} tasks done", timeout=120)
@@ -217,7 +221,8 @@ def test_acks_late_tasks_of_a_sigkilled_worker_run_again_and_none_is_lost(
     assert broker.queue.stats() == {}
     # Done twice only where the kill came between a task's end and its ack's commit.
     twice = [n for n, times in done.items() if times > 1]
-    assert len(twice) <= 4, twice
+    assert set(twice) <= set(at_kill), twice
+    assert len(twice) <= len(held), (twice, held)
 
 
 def test_groups_and_a_chord_on_celerys_database_result_backend(broker: Broker) -> None:

@@ -137,8 +137,8 @@ def test_a_put_through_a_node_out_of_the_cluster_waits_for_it_to_come_back(
             assert time.monotonic() < deadline, "the node did not leave the cluster"
             time.sleep(0.1)
         rejoin = threading.Timer(1.0, cluster.sql, args=(node, isolate.format(0)))
+        started = time.monotonic()  # before the timer's start: its 1 s cannot begin earlier
         rejoin.start()
-        started = time.monotonic()
         msg_id = queues[2].put(b"through the isolated node", "iso")
         waited = time.monotonic() - started
         rejoin.join()

@@ -92,7 +92,8 @@ class Load:
 
     def resumed_after(self, since: float) -> float:
         """Seconds from ``since`` to the first put that returned after the longest pause."""
-        times = sorted(t for t in self.returned.values() if t >= since)
+        # A copy first: the producer threads may still be adding to it.
+        times = sorted(t for t in list(self.returned.values()) if t >= since)
         gaps = [(b - a, b) for a, b in zip([since, *times], times, strict=False)]
         return max(gaps)[0] if gaps else float("inf")
 

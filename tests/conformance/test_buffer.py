@@ -361,13 +361,13 @@ def test_touch_keeps_the_locks_and_every_lease_alive(make_queue: Callable[..., Q
 def test_prefetched_message_past_half_its_lease_is_renewed_when_handed_out(
     make_queue: Callable[..., Queue],
 ) -> None:
-    q = make_queue(visibility_timeout=2.0)
+    q = make_queue(visibility_timeout=4.0)
     ids = q.put_many([b"1", b"2", b"3"], "a")
     buffer = Buffer(q, extra_buffer_multiplier=3)
     _get(buffer).ack()
-    time.sleep(1.2)
-    second = _get(buffer)  # claimed 1.2 s ago: touched before it is handed out
-    time.sleep(1.1)  # its new lease has 0.9 s left, for a slow machine's stalls
+    time.sleep(2.2)
+    second = _get(buffer)  # claimed 2.2 s ago: touched before it is handed out
+    time.sleep(2.1)  # its new lease has 1.9 s left, for a slow machine's stalls
     other = make_queue()
     stolen = other.get_many("a", 10)  # the third one's lease ran out; the second one's did not
     assert [m.id for m in stolen] == [ids[2]]
@@ -458,8 +458,6 @@ def test_buffers_in_separate_processes_drain_the_queue_exactly_once_topic_by_top
 ) -> None:
     topics = [f"t{i:02d}" for i in range(TOPICS)]
     expected: list[int | None] = []
-    for topic in topics:
-        expected += queue.put_many([topic.encode()] * INITIAL_PER_TOPIC, topic)
     done_file = tmp_path / "producer.done"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -472,6 +470,15 @@ def test_buffers_in_separate_processes_drain_the_queue_exactly_once_topic_by_top
         proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=errors)
         children.append((proc, out, errors))
     try:
+        # Every child runs its Buffer before the first put, however slowly it started: one
+        # that came first cannot drain the first batch alone.
+        started = time.monotonic()
+        while not all(out.with_suffix(".ready").exists() for _, out, _ in children):
+            assert all(proc.poll() is None for proc, _, _ in children), "a child failed"
+            assert time.monotonic() - started < DEADLINE, "the children did not start"
+            time.sleep(0.05)
+        for topic in topics:
+            expected += queue.put_many([topic.encode()] * INITIAL_PER_TOPIC, topic)
         # Each round waits for the queue to drain: every topic is then dropped by its process
         # and locked again by whichever process asks first.
         for _ in range(ROUNDS):
@@ -531,6 +538,7 @@ def _child(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + DEADLINE
     try:
         with Buffer(q, default_topic_quota=2) as buffer:
+            Path(args.out).with_suffix(".ready").touch()
             while time.monotonic() < deadline:
                 batch: list[tuple[Message, float]] = []
                 for _ in range(3):

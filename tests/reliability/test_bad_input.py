@@ -101,6 +101,26 @@ print("done", flush=True)
 """
 
 
+def _settled(engine: sa.Engine, timeout: float = 60.0) -> None:
+    """Wait until no other session runs a statement on the server (a COMMIT the dead child sent
+    just before the kill may still be landing); SQLite's writer died with its process."""
+    other = {
+        "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND datname = current_database() AND state = 'active' "
+        "AND backend_type = 'client backend'",
+        "mysql": "SELECT count(*) FROM information_schema.processlist "
+        "WHERE id <> CONNECTION_ID() AND db = DATABASE() AND command <> 'Sleep'",
+    }.get(engine.dialect.name)
+    if other is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.exec_driver_sql(other).scalar() == 0:
+                return
+        time.sleep(0.05)
+
+
 def test_a_producer_sigkilled_during_a_20000_batch_stores_all_or_nothing(
     queue: Queue, engine: sa.Engine, db_url: str
 ) -> None:
@@ -127,7 +147,7 @@ def test_a_producer_sigkilled_during_a_20000_batch_stores_all_or_nothing(
                 child.wait()
             if child.stdout is not None:
                 child.stdout.close()
-        time.sleep(0.2)  # let the server notice the closed connection and roll back
+        _settled(engine)  # what the server still ran for the dead child ended
         added = len(stored_ids(engine, queue.prefix)) - before
         assert added in (0, HUGE), f"a killed put_many left {added} of {HUGE} rows"
         outcomes.append(added)

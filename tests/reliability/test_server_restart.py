@@ -26,7 +26,7 @@ from squeal.cli.servers import PrivatePostgres, free_port
 from tests import needs
 
 
-def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+def _wait_until(ready: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
