@@ -8,18 +8,50 @@ Run as root, the server programs run as the ``postgres`` user (initdb refuses ro
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+#: Ports :func:`free_port` handed out in this process: never again (a server told to use one
+#: may not listen on it yet when the next is asked for).
+_GIVEN: set[int] = set()
+_GIVING = threading.Lock()
+#: Where :func:`free_port` looks below the ephemeral range (those the system gives outgoing
+#: connections, which could take a port between the asking and the server's start).
+_LOWEST = 10_000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on (at the time of asking)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 nothing listens on (at the time of asking), below the system's
+    ephemeral range, and not handed out before by this process: a cluster's nodes ask for
+    several before any of them listens, and the system's port 0 may give the same one twice."""
+    top = _ephemeral_start()
+    with _GIVING:
+        for _ in range(1000):
+            port = random.randrange(_LOWEST, top) if top > _LOWEST + 1000 else 0
+            if port in _GIVEN:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                port = int(s.getsockname()[1])
+            if port not in _GIVEN:
+                _GIVEN.add(port)
+                return port
+    raise OSError("no free TCP port on 127.0.0.1")
 
 
 def stop_all(processes: Sequence[subprocess.Popen[bytes] | None], wait: float = 30.0) -> None:
