@@ -57,8 +57,12 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from squeal.dialects.base import EVERYWHERE, LOCK_TIMEOUT_SECONDS, ClaimedRow, ClaimScope, Key
+
+#: A claimed row's claim key (neg_priority, id), for max(): the claim's last row.
+_CLAIM_KEY = itemgetter(2, 0)
 
 #: The longest a queue object claims from a topic without sweeping it.
 SWEEP_SECONDS = 1.0
@@ -126,7 +130,8 @@ class ClaimScopes:
             if len(rows) < asked:
                 t.must_sweep, t.after = True, None
             else:
-                t.after = max((row[2], row[0]) for row in rows)
+                last = max(rows, key=_CLAIM_KEY)
+                t.after = (last[2], last[0])
 
     def reopen(self, topic: str) -> None:
         """This queue object made a message of ``topic`` due out of order (release, nack,

@@ -132,7 +132,10 @@ class Prepared:
             processor, binary = self._processors.get(name, (None, False))
             given = params[name]
             if name in self._expanding:
-                flat.extend(_processed(v, processor, binary) for v in given)
+                if processor is None:
+                    flat.extend(given)  # an ack_many's ids: as they are
+                else:
+                    flat.extend(_processed(v, processor, binary) for v in given)
             else:
                 flat.append(_processed(given, processor, binary))
         if self._named:

@@ -621,8 +621,7 @@ class Queue:
         conn = check.connection(connection)
         batch = _unsettled(messages)
         self._ack(batch, conn)
-        for msg in batch:
-            msg._done(conn)
+        _all_done(batch, conn)
 
     def nack_many(
         self,
@@ -636,8 +635,7 @@ class Queue:
         conn = check.connection(connection)
         batch = _unsettled(messages)
         self._nack(batch, delay, conn, error_text(error))
-        for msg in batch:
-            msg._done(conn)
+        _all_done(batch, conn)
 
     def touch_many(
         self, messages: Sequence[Message], *, visibility_timeout: float | None = None
@@ -1390,12 +1388,29 @@ def _optional_count(value: object, what: str) -> int | None:
 
 
 def _unsettled(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` as a list, each checked as its own settle checks it (``Message._settle``),
+    which only a settled or pending handle needs: the common one costs no call."""
     batch = list(messages)
     for msg in batch:
         if not isinstance(msg, Message):
             raise InvalidType(f"expected Message objects, not {type(msg).__name__}")
-        msg._settle()
+        if msg._is_settled or msg._pending:
+            msg._settle()
     return batch
+
+
+def _all_done(batch: list[Message], connection: sa.Connection | None) -> None:
+    """``Message._done`` for each of ``batch``; a handle nobody watches is marked settled
+    without the setter's call."""
+    if connection is not None:
+        for msg in batch:
+            msg._done(connection)
+        return
+    for msg in batch:
+        if msg._on_settle is None:
+            msg._is_settled = True
+        else:
+            msg._settled = True
 
 
 def _fits_one_insert(payloads: list[bytes]) -> bool:
